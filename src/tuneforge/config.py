@@ -1,0 +1,217 @@
+"""The whole config schema (pydantic), YAML loading and `a.b=value` overrides.
+
+Every section forbids unknown keys so a typo fails loudly with the key path and a suggestion,
+instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- methods
+
+
+class FullMethod(Strict):
+    name: Literal["full"] = "full"
+
+
+class FreezeMethod(Strict):
+    name: Literal["freeze"] = "freeze"
+    trainable_layers: int = Field(2, ge=0, description="train only the top N transformer blocks")
+    trainable_modules: list[str] = Field(
+        default_factory=list, description="extra parameter-name substrings to train, e.g. ['norm', 'lm_head']"
+    )
+
+
+class LoraMethod(Strict):
+    name: Literal["lora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+MethodConfig = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
+
+
+# ---------------------------------------------------------------- sections
+
+
+class DataConfig(Strict):
+    train: str = Field(..., description="JSONL/JSON/Parquet/CSV file, a saved `datasets` folder, or a hub dataset id")
+    validation: str | None = None
+    val_ratio: float = Field(0.1, ge=0, lt=1, description="held-out share of `train` when no `validation` is given")
+    split: str = "train"
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = "auto"
+    system_prompt: str | None = None
+    chat_template: str | None = Field(None, description="Jinja template, or 'chatml', when the tokenizer has none")
+    max_length: int = Field(1024, ge=8)
+    truncation: Literal["right", "drop"] = "right"
+    train_on_prompt: bool = False
+    max_examples: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_tokens: int = Field(4096, ge=16, description="tokens per micro-batch (packed rows)")
+    grad_accum: int = Field(1, ge=1)
+    packing: bool = True
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout rates")
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at the end)")
+    early_stopping_patience: int | None = Field(None, ge=1)
+    save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class EvalConfig(Strict):
+    metric: Literal["exact_match", "token_f1", "rouge_l", "loss"] = "exact_match"
+    before_after: bool = True
+    max_examples: int | None = Field(200, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class Config(Strict):
+    recipe: Literal["sft"] = "sft"
+    model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
+    output_dir: str = "runs/run"
+    seed: int = 42
+    method: MethodConfig = Field(default_factory=LoraMethod)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_shorthand(cls, v: Any) -> Any:
+        # `method: lora` is the common case; expand it to the full section.
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        if self.train.early_stopping_patience and not self.train.eval_every:
+            raise ValueError("train.early_stopping_patience needs train.eval_every")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+    "method:full": FullMethod, "method:freeze": FreezeMethod, "method:lora": LoraMethod,
+}
+
+
+def _known_keys(raw: dict, loc: tuple) -> list[str]:
+    if len(loc) <= 1:
+        return list(Config.model_fields)
+    head = str(loc[0])
+    if head == "method":
+        m = raw.get("method")
+        name = m if isinstance(m, str) else (m or {}).get("name", "lora")
+        model = _SECTIONS.get(f"method:{name}")
+    else:
+        model = _SECTIONS.get(head)
+    return list(model.model_fields) if model else []
+
+
+def _describe(err: dict, raw: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("full", "freeze", "lora")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(raw, loc)
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        tip = f" (did you mean '{hint[0]}'?)" if hint else f" (known keys: {', '.join(known)})"
+        return f"{key}: unknown key{tip}"
+    if kind == "union_tag_invalid":
+        return f"{key}: unknown method '{err['input'].get('name') if isinstance(err['input'], dict) else err['input']}'; " \
+               "available: full, freeze, lora"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override '{text}' must look like key.path=value, e.g. train.lr=1e-4")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{text}': empty key")
+    return parts, yaml.safe_load(value) if value != "" else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            if isinstance(node.get(p), str) and p == "method":
+                node[p] = {"name": node[p]}
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{text}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = [_describe(err, raw) for err in e.errors()]
+        raise UserError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: the top level must be a mapping of keys (model:, data:, train:, ...)")
+    raw = apply_overrides(raw, list(overrides))
+    cfg = config_from_dict(raw, str(path))
+    # Relative data paths are relative to the config file, so a config works from any cwd.
+    return resolve_paths(cfg, path.parent)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    for field in ("train", "validation"):
+        value = getattr(cfg.data, field)
+        if value and not Path(value).is_absolute() and (base / value).exists():
+            setattr(cfg.data, field, str((base / value).resolve()))
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,99 @@
+"""Render Examples with the tokenizer's chat template into token ids and a per-token loss mask.
+
+The mask comes from character spans: each trained assistant turn is located by rendering the
+conversation up to it (with and without the turn), so whatever the template adds around a turn
+(role headers, end-of-turn tokens) is attributed correctly. The end-of-turn token belongs to the
+assistant span and is therefore always trained: a model that never learns to stop is a known
+failure of tools that mask it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.data.formats import Example, Segment
+from tuneforge.errors import UserError
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    mask: list[bool]  # True where the token is a prediction target
+    truncated: bool = False
+
+    @property
+    def n_targets(self) -> int:
+        return sum(self.mask)
+
+
+def setup_chat_template(tokenizer, template: str | None, source: str) -> None:
+    if template:
+        tokenizer.chat_template = CHATML if template == "chatml" else template
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _messages(segs: list[Segment]) -> list[dict]:
+    return [{"role": s.role, "content": s.text} for s in segs]
+
+
+def _render(tokenizer, segs: list[Segment], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(_messages(segs), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+    segs = example.segments
+    if segs and segs[0].role == "text":
+        # Plain text: no template; the whole text and a closing EOS are trained.
+        text = "".join(s.text for s in segs) + (tokenizer.eos_token or "")
+        return text, [(0, len(text))]
+    if not tokenizer.chat_template:
+        raise UserError("the tokenizer has no chat template; set data.chat_template (a Jinja template "
+                        "or 'chatml') or use plain-text data (data.format: text)")
+    full = _render(tokenizer, segs, add_generation_prompt=False)
+    if train_on_prompt:
+        return full, [(0, len(full))]
+    spans = []
+    for i, seg in enumerate(segs):
+        if not (seg.role == "assistant" and seg.train):
+            continue
+        before = _render(tokenizer, segs[:i], add_generation_prompt=True) if i else ""
+        upto = _render(tokenizer, segs[: i + 1], add_generation_prompt=False)
+        if not full.startswith(upto) or not upto.startswith(before):
+            raise UserError(f"{example.where}: the chat template does not render conversations "
+                            "prefix-consistently, so assistant turns cannot be located; set data.chat_template")
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def encode(example: Example, tokenizer, max_length: int, truncation: str = "right",
+           train_on_prompt: bool = False) -> Encoded | None:
+    """Token ids and loss mask for one example; None if it is dropped by the truncation policy."""
+    text, spans = _char_spans(example, tokenizer, train_on_prompt)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    mask = [any(a <= start and end <= b for a, b in spans) and end > start for start, end in offsets]
+    truncated = len(ids) > max_length
+    if truncated:
+        if truncation == "drop":
+            return None
+        ids, mask = ids[:max_length], mask[:max_length]
+    # Labels are shifted: token t is predicted from position t-1, so the first token is never a target.
+    if mask:
+        mask[0] = False
+    return Encoded(ids, mask, truncated)
+
+
+def prompt_text(example: Example, tokenizer) -> str:
+    """What generation starts from for evaluation: the conversation up to the answer."""
+    segs = example.prompt_segments()
+    if segs and segs[0].role == "text":
+        return ""
+    return _render(tokenizer, segs, add_generation_prompt=True)

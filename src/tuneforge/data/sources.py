@@ -1,0 +1,108 @@
+"""Read raw records from files or `datasets`, remembering where each came from.
+
+JSON and JSONL are read by hand so a malformed line is reported with its file and line number;
+Parquet and CSV go through `datasets`, as do saved dataset folders and hub ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+
+@dataclass
+class Record:
+    data: dict
+    where: str  # "file.jsonl:12" or "dataset[3]": used in every error about this record
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+            records.append(Record(obj, f"{path}:{lineno}"))
+    return records
+
+
+def _read_json(path: Path) -> list[Record]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list):
+        raise UserError(f"{path}: expected a JSON list of records (or {{\"data\": [...]}})")
+    out = []
+    for i, item in enumerate(obj):
+        if not isinstance(item, dict):
+            raise UserError(f"{path}: record {i} must be a JSON object, got {type(item).__name__}")
+        out.append(Record(item, f"{path}[{i}]"))
+    return out
+
+
+def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if kind in ("parquet", "csv"):
+            ds = datasets.load_dataset(kind, data_files=path, split="train")
+        elif kind == "disk":
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise UserError(f"{path}: no split '{split}' (has {', '.join(ds)}); set data.split")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path, split=split)
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; the user needs the path and the reason
+        raise UserError(f"{path}: could not load as a dataset ({type(e).__name__}: {e})") from None
+    if kind in ("parquet", "csv"):
+        return [Record(dict(row), f"{path}:{i + 2 if kind == 'csv' else i}") for i, row in enumerate(ds)]
+    return [Record(dict(row), f"{path}[{i}]") for i, row in enumerate(ds)]
+
+
+def read_records(source: str, split: str = "train") -> list[Record]:
+    path = Path(source)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            # Many users name JSONL files .json: a whole-file JSON document wins, else lines.
+            return _read_json(path) if _is_json_document(path) else _read_jsonl(path)
+        if suffix == ".parquet":
+            return _read_with_datasets("parquet", str(path), split)
+        if suffix == ".csv":
+            return _read_with_datasets("csv", str(path), split)
+        raise UserError(f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .parquet or .csv")
+    if path.is_dir():
+        return _read_with_datasets("disk", str(path), split)
+    if "/" in source and not source.startswith((".", "/")) and not path.suffix:
+        return _read_with_datasets("hub", source, split)  # an HF hub dataset id such as "org/name"
+    raise UserError(f"data file {source} does not exist")
+
+
+def _is_json_document(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8").lstrip()
+    if text.startswith("["):
+        return True
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False

@@ -1,0 +1,143 @@
+"""Instruction fine-tuning: data -> encoded examples -> the loop -> artifact -> before/after report.
+
+The recipe decides which data, which examples and what to evaluate; the loop is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import Config, dump_config
+from tuneforge.data.dataset import encode_split, load_splits
+from tuneforge.data.render import setup_chat_template
+from tuneforge.errors import UserError
+from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
+from tuneforge.models.load import load_model_and_tokenizer
+from tuneforge.models.methods import METHODS, apply_method, count_parameters
+from tuneforge.report import plot_loss, write_report
+from tuneforge.runs import check_run_dir, create_run_dir, replace_dir, write_json
+from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.train.loop import train_loop, validation_loss
+from tuneforge.train.precision import resolve_precision
+
+
+def _say(msg: str) -> None:
+    print(f"[tuneforge] {msg}", flush=True)
+
+
+def _evaluate(model, tokenizer, val_examples, val_encoded, cfg: Config, device, amp) -> dict:
+    if cfg.eval.metric == "loss":
+        if not val_encoded:
+            return {}
+        from tuneforge.train.forward import TargetLoss
+
+        return loss_summary(validation_loss(TargetLoss(model), val_encoded, cfg.train,
+                                            tokenizer.pad_token_id, device, amp))
+    examples = generative_examples(val_examples, cfg.eval.max_examples)
+    if not examples:
+        return {}
+    return score_generations(model, tokenizer, examples, cfg.eval, bf16=amp is not None) | {"n": len(examples)}
+
+
+def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    started = time.time()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    set_seed(cfg.seed)
+    run = check_run_dir(cfg.output_dir, overwrite, resume)
+
+    model, tokenizer, model_path = load_model_and_tokenizer(cfg.model, cfg.train.dropout)
+    setup_chat_template(tokenizer, cfg.data.chat_template, model_path)
+    splits = load_splits(cfg.data, cfg.seed)
+    train = encode_split(splits.train, tokenizer, cfg.data)
+    val = encode_split(splits.val, tokenizer, cfg.data)
+    if not train.encoded:
+        raise UserError(f"data.train: no usable examples in {cfg.data.train} "
+                        f"({train.dropped} dropped as too long, {train.no_target} without answer tokens); "
+                        "raise data.max_length or check the data")
+    _say(f"data: {len(train.encoded)} train / {len(val.encoded)} validation examples, "
+         f"{train.truncated + val.truncated} truncated, {train.dropped + val.dropped} dropped (max_length "
+         f"{cfg.data.max_length})")
+
+    create_run_dir(run, overwrite, resume)
+    atomic_write_text(run / "config.yaml", dump_config(cfg))
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    amp = resolve_precision(cfg.train.precision, device)
+    _say(f"model: {model_path} on {device}, compute {'bf16 autocast' if amp else 'fp32'}, method {cfg.method.name}")
+    model.to(device)
+
+    before_path = run / "eval_before.json"
+    if cfg.eval.before_after and accelerator.is_main_process:
+        if before_path.is_file():
+            before = json.loads(before_path.read_text())
+        else:
+            _say(f"evaluating the base model on held-out examples ({cfg.eval.metric})...")
+            before = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
+            write_json(before_path, before)
+
+    model = apply_method(model, cfg.method)
+    trainable, total = count_parameters(model)
+    _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    result = train_loop(model, train.encoded, val.encoded, cfg.train, run_dir=run, seed=cfg.seed,
+                        pad_id=tokenizer.pad_token_id, accelerator=accelerator, amp_dtype=amp, resume=resume,
+                        log=_say)
+
+    summary = {
+        "model": model_path, "method": cfg.method.name, "trainable_params": trainable, "total_params": total,
+        "steps": result.steps, "train_examples": len(train.encoded), "val_examples": len(val.encoded),
+        "truncated_examples": train.truncated + val.truncated, "dropped_examples": train.dropped + val.dropped,
+        "final_train_loss": round(result.train_loss, 4),
+        "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
+        "stopped_early": result.stopped_early,
+    }
+    if accelerator.is_main_process:
+        artifact = save_artifact(model, tokenizer, run, cfg.method.name)
+        summary["artifact"] = str(artifact)
+        if cfg.eval.before_after and before:
+            _say("evaluating the tuned model...")
+            after = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
+            summary["evaluation"] = _before_after(cfg, before, after, val.examples)
+        summary["wall_time_s"] = round(time.time() - started, 1)
+        plot_loss(run)
+        write_report(run, summary)
+    accelerator.wait_for_everyone()
+    return run
+
+
+def _before_after(cfg: Config, before: dict, after: dict, val_examples) -> dict:
+    ev = {"metric": cfg.eval.metric, "before": before["score"], "after": after["score"],
+          "examples": before.get("n", len(val_examples))}
+    if "predictions" in before:
+        examples = generative_examples(val_examples, cfg.eval.max_examples)
+        ev["samples"] = [
+            {"prompt": e.prompt_segments()[-1].text, "reference": e.reference, "base": b, "tuned": a}
+            for e, b, a in list(zip(examples, before["predictions"], after["predictions"]))[:5]
+        ]
+    return ev
+
+
+def save_artifact(model, tokenizer, run: Path, method: str) -> Path:
+    """PEFT adapter folder for adapter methods, a standalone HF model folder otherwise; written atomically."""
+    final = run / ("adapter" if METHODS[method].adapter else "model")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=run))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

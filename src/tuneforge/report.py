@@ -1,0 +1,61 @@
+"""Run report: the loss-curve PNG and the Markdown/JSON summary with before/after metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneforge.runs import read_metrics, write_json
+from tuneforge.train.checkpoint import atomic_write_text
+
+
+def plot_loss(run: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per target token")
+    ax.set_title(run.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    out = run / "plots" / "loss.png"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def write_report(run: Path, summary: dict) -> Path:
+    write_json(run / "report.json", summary)
+    lines = [f"# Run report: {run.name}", ""]
+    for key in ("model", "method", "trainable_params", "total_params", "steps", "wall_time_s",
+                "train_examples", "val_examples", "truncated_examples", "dropped_examples", "final_train_loss",
+                "best_val_loss", "stopped_early"):
+        if key in summary:
+            lines.append(f"- **{key}**: {summary[key]}")
+    ev = summary.get("evaluation")
+    if ev:
+        lines += ["", f"## Before / after ({ev['metric']}, {ev['examples']} held-out examples)", "",
+                  "| model | " + ev["metric"] + " |", "|---|---|",
+                  f"| base | {ev['before']:.4f} |", f"| tuned | {ev['after']:.4f} |"]
+        if ev.get("samples"):
+            lines += ["", "### Samples", "", "| prompt | reference | base | tuned |", "|---|---|---|---|"]
+            for s in ev["samples"]:
+                cells = [s[k].replace("|", "\\|").replace("\n", " ")[:80] for k in ("prompt", "reference", "base", "tuned")]
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![loss](plots/loss.png)", ""]
+    path = run / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
