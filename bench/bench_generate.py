@@ -70,7 +70,7 @@ def main():
     prompts = [TEMPLATES[i % len(TEMPLATES)].format(t=TOPICS[(i // len(TEMPLATES)) % len(TOPICS)])
                for i in range(args.n)]
     device = next(model.parameters()).device
-    bf16 = not args.no_bf16 and device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    bf16 = not args.no_bf16 and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()))
     mnt = args.max_new_tokens
     print(f"model={path} device={device} threads={torch.get_num_threads()} prompts={len(prompts)} "
           f"max_new_tokens={mnt} batch_size={args.batch_size} bf16_autocast={bf16}")

@@ -1,0 +1,36 @@
+# tuneforge: `make demo` and `make test` from a fresh clone. Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 first and pinned: an unpinned torch would pull a multi-GB CUDA build on this CPU machine.
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/tuneforge models default
+	$(BIN)/tuneforge data demo data/generated/dates --n-train 2000 --n-val 200
+	$(BIN)/tuneforge train examples/demo.yaml --overwrite
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python bench/bench_generate.py
+
+clean:
+	rm -rf $(VENV) runs data/generated .pytest_cache
