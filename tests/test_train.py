@@ -150,3 +150,5 @@ def test_kill_and_resume_matches_uninterrupted_run(tiny_llama, dates_data, tmp_p
         torch.testing.assert_close(resumed[k], ref[k], rtol=0, atol=0, msg=k)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13)), "metrics.jsonl has gaps or duplicates after resume"
+    kept = sorted(p.name for p in ckpts.iterdir())
+    assert kept == ["step-0000010", "step-0000012"], kept  # keep_last=2, no temp folders left

@@ -148,12 +148,18 @@ def _describe(err: dict, raw: dict) -> str:
         known = _known_keys(raw, loc)
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         tip = f" (did you mean '{hint[0]}'?)" if hint else f" (known keys: {', '.join(known)})"
+        if loc and loc[0] == "method" and len(loc) == 2:
+            m = raw.get("method")
+            name = m if isinstance(m, str) else (m or {}).get("name", "lora")
+            return f"{key}: unknown key for method '{name}'{tip}"
         return f"{key}: unknown key{tip}"
     if kind == "union_tag_invalid":
         return f"{key}: unknown method '{err['input'].get('name') if isinstance(err['input'], dict) else err['input']}'; " \
                "available: full, freeze, lora"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind == "value_error" and not loc:  # a cross-field check: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

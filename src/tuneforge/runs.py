@@ -29,6 +29,8 @@ def check_run_dir(path: str | Path, overwrite: bool, resume: bool) -> Path:
         raise UserError(f"run directory {run} already exists; pass --overwrite to replace it "
                         "or --resume to continue it")
     parent = next((p for p in [run, *run.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"cannot create output_dir {run}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to output_dir {run} ({parent} is not writable); choose a writable directory")
     return run

@@ -52,6 +52,11 @@ def detect_format(data: dict) -> str | None:
         return "prompt_completion"
     if "text" in data:
         return "text"
+    # A record that is clearly meant as one format but lacks a field: let the converter name it.
+    if "instruction" in data:
+        return "alpaca"
+    if "prompt" in data:
+        return "prompt_completion"
     return None
 
 

@@ -35,7 +35,14 @@ class Encoded:
 
 def setup_chat_template(tokenizer, template: str | None, source: str) -> None:
     if template:
-        tokenizer.chat_template = CHATML if template == "chatml" else template
+        template = CHATML if template == "chatml" else template
+        import jinja2
+
+        try:  # a syntax error in the config's template is the user's: say so before any work
+            jinja2.Environment().parse(template)
+        except jinja2.TemplateSyntaxError as e:
+            raise UserError(f"data.chat_template is not a valid Jinja template (line {e.lineno}: {e.message})") from None
+        tokenizer.chat_template = template
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -44,8 +51,16 @@ def _messages(segs: list[Segment]) -> list[dict]:
     return [{"role": s.role, "content": s.text} for s in segs]
 
 
-def _render(tokenizer, segs: list[Segment], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(_messages(segs), tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer, segs: list[Segment], add_generation_prompt: bool, where: str = "") -> str:
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(_messages(segs), tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except jinja2.TemplateError as e:
+        msg = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{where + ': ' if where else ''}the chat template failed on this conversation ({msg}); "
+                        "fix the data or set data.chat_template") from None
 
 
 def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
@@ -55,21 +70,26 @@ def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str
         text = "".join(s.text for s in segs) + (tokenizer.eos_token or "")
         return text, [(0, len(text))]
     if not tokenizer.chat_template:
-        raise UserError("the tokenizer has no chat template; set data.chat_template (a Jinja template "
-                        "or 'chatml') or use plain-text data (data.format: text)")
-    full = _render(tokenizer, segs, add_generation_prompt=False)
+        raise UserError(f"the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat template; set "
+                        "data.chat_template (a Jinja template or 'chatml') or use plain-text data (data.format: text)")
+    full = _render(tokenizer, segs, add_generation_prompt=False, where=example.where)
     if train_on_prompt:
         return full, [(0, len(full))]
     spans = []
     for i, seg in enumerate(segs):
         if not (seg.role == "assistant" and seg.train):
             continue
-        before = _render(tokenizer, segs[:i], add_generation_prompt=True) if i else ""
-        upto = _render(tokenizer, segs[: i + 1], add_generation_prompt=False)
+        before = _render(tokenizer, segs[:i], add_generation_prompt=True, where=example.where) if i else ""
+        upto = _render(tokenizer, segs[: i + 1], add_generation_prompt=False, where=example.where)
         if not full.startswith(upto) or not upto.startswith(before):
             raise UserError(f"{example.where}: the chat template does not render conversations "
                             "prefix-consistently, so assistant turns cannot be located; set data.chat_template")
-        spans.append((len(before), len(upto)))
+        # Whitespace the template puts after the end-of-turn token (ChatML's "\n") is a separator
+        # before the next turn, not something the assistant says: it carries no loss.
+        end = len(upto)
+        while end > len(before) and upto[end - 1].isspace():
+            end -= 1
+        spans.append((len(before), end))
     return full, spans
 
 
@@ -96,4 +116,4 @@ def prompt_text(example: Example, tokenizer) -> str:
     segs = example.prompt_segments()
     if segs and segs[0].role == "text":
         return ""
-    return _render(tokenizer, segs, add_generation_prompt=True)
+    return _render(tokenizer, segs, add_generation_prompt=True, where=example.where)

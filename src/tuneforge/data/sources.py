@@ -56,6 +56,10 @@ def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
     import datasets
 
     datasets.disable_progress_bars()
+    # datasets logs its own errors (e.g. a corrupt Parquet footer) before raising; the UserError
+    # below carries the reason, so keep stderr to that one line.
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
     try:
         if kind in ("parquet", "csv"):
             ds = datasets.load_dataset(kind, data_files=path, split="train")
@@ -70,7 +74,10 @@ def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
     except UserError:
         raise
     except Exception as e:  # datasets raises many types; the user needs the path and the reason
-        raise UserError(f"{path}: could not load as a dataset ({type(e).__name__}: {e})") from None
+        reason = (str(e).splitlines() or [""])[0]
+        raise UserError(f"{path}: could not load as a dataset ({type(e).__name__}: {reason})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if kind in ("parquet", "csv"):
         return [Record(dict(row), f"{path}:{i + 2 if kind == 'csv' else i}") for i, row in enumerate(ds)]
     return [Record(dict(row), f"{path}[{i}]") for i, row in enumerate(ds)]

@@ -1,0 +1,52 @@
+"""CLI commands a user runs after training: models tiny, generate, chat; loss-metric evaluation; early stopping."""
+
+import io
+import json
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import run_cli, write_config
+
+
+def test_models_tiny_writes_loadable_model(tmp_path, capsys):
+    for arch in ("llama", "qwen2", "gpt2"):
+        code, out, err = run_cli(["models", "tiny", tmp_path / arch, "--arch", arch], capsys)
+        assert code == 0, err
+        AutoModelForCausalLM.from_pretrained(tmp_path / arch)
+        assert AutoTokenizer.from_pretrained(tmp_path / arch).chat_template
+    code, _, err = run_cli(["models", "tiny", tmp_path / "x", "--arch", "bert"], capsys)
+    assert code == 2 and "--arch" in err
+
+
+def test_loss_metric_chat_and_generate(tiny_llama, dates_data, tmp_path, capsys, monkeypatch):
+    train, val = dates_data
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, train, tmp_path / "run", val,
+                       eval={"metric": "loss"}, train={"max_steps": 2})
+    code, _, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    ev = json.loads((tmp_path / "run" / "report.json").read_text())["evaluation"]
+    assert ev["metric"] == "loss" and ev["after"] < ev["before"]  # lr 1e-3 on a tiny model: loss drops
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello there\n/reset\nsecond question\n/exit\n"))
+    code, out, err = run_cli(["chat", tmp_path / "run", "--max-new-tokens", "3"], capsys)
+    assert code == 0, err
+    assert out.count("model> ") == 2
+
+    code, out, err = run_cli(["generate", tmp_path / "run", "hi", "--max-new-tokens", "3"], capsys)
+    assert code == 0, err
+
+
+def test_early_stopping_restores_best(tiny_llama, dates_data, tmp_path, capsys):
+    train, val = dates_data
+    # A learning rate this large makes validation loss rise quickly: early stopping must trigger.
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, train, tmp_path / "run", val,
+                       train={"max_steps": 30, "lr": 0.5, "eval_every": 1, "early_stopping_patience": 2,
+                              "warmup_ratio": 0.0, "max_grad_norm": None},
+                       eval={"before_after": False})
+    code, _, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["stopped_early"] and report["steps"] < 30
+    vals = [json.loads(line)["val_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if "val_loss" in line]
+    assert report["best_val_loss"] == round(min(vals), 4)
