@@ -58,6 +58,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(ckpt_root: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
                     progress: dict, keep_last: int) -> Path:
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save; never a valid checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     final = ckpt_root / f"{PREFIX}{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=ckpt_root))
     try:
