@@ -57,21 +57,35 @@ def merge(run: Path = typer.Argument(..., help="run directory or PEFT adapter fo
 
 
 @app.command()
-def generate(run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
+def generate(run: str = typer.Argument(..., help="run directory, adapter or model folder; with --adapter: the base"),
              prompt: str = typer.Argument(...),
              max_new_tokens: int = typer.Option(128, min=1),
              temperature: float = typer.Option(0.0, min=0.0),
-             system: Optional[str] = typer.Option(None, help="system prompt")):
-    """Answer one prompt with a tuned model."""
+             system: Optional[str] = typer.Option(None, help="system prompt"),
+             adapter: Optional[List[str]] = typer.Option(None, help="NAME=PATH; repeat to load several on one base"),
+             use: Optional[str] = typer.Option(None, help="which --adapter answers ('base' for none)")):
+    """Answer one prompt with a tuned model, or with one of several adapters loaded on one base."""
     from tuneforge.eval.generate import generate as gen
+
+    if adapter:
+        from tuneforge.models.adapters import AdapterSet, parse_adapter_flags
+
+        adapters = parse_adapter_flags(adapter)
+        chosen = use or next(iter(adapters))
+        base = None if run in ("default", "") else run
+        aset = AdapterSet(base, adapters)
+        with aset.use(chosen) as model:
+            out = gen(model, aset.tokenizer, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
+                      system=system, seed=0)
+        print(out[0])
+        return
+    if use:
+        raise UserError("--use needs --adapter NAME=PATH")
     from tuneforge.models.merge import load_for_inference
-    from tuneforge.train.precision import resolve_precision
-    import torch
 
     model, tok = load_for_inference(run)
-    bf16 = resolve_precision("auto", torch.device("cpu")) is not None
     print(gen(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, system=system,
-              autocast_bf16=bf16, seed=0)[0])
+              seed=0)[0])
 
 
 @app.command()

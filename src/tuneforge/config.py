@@ -43,7 +43,57 @@ class LoraMethod(Strict):
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
 
 
-MethodConfig = Annotated[Union[FullMethod, FreezeMethod, LoraMethod], Field(discriminator="name")]
+class DoraMethod(LoraMethod):
+    """LoRA with the weight decomposed into magnitude and direction (DoRA); same options."""
+
+    name: Literal["dora"] = "dora"
+
+
+class IA3Method(Strict):
+    name: Literal["ia3"] = "ia3"
+    target_modules: Union[Literal["auto"], list[str]] = Field("auto", description="auto: PEFT's choice per model type")
+    feedforward_modules: Union[Literal["auto"], list[str]] = "auto"
+
+
+class PrefixMethod(Strict):
+    name: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, ge=1)
+    projection: bool = Field(False, description="reparameterise the prefixes through an MLP (prefix_projection)")
+    projection_hidden_size: int = Field(512, ge=1)
+
+
+class PromptMethod(Strict):
+    name: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(20, ge=1)
+    init_text: str | None = Field(None, description="initialise the soft prompt from this text's embeddings")
+
+
+class BottleneckMethod(Strict):
+    name: Literal["bottleneck"] = "bottleneck"
+    size: int | None = Field(None, ge=1, description="bottleneck width; or use reduction_factor")
+    reduction_factor: int | None = Field(None, ge=1, description="bottleneck = hidden_size // reduction_factor")
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby", description="houlsby: after attention and feed-forward; pfeiffer: after feed-forward only")
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "BottleneckMethod":
+        if self.size and self.reduction_factor:
+            raise ValueError("give either size or reduction_factor, not both")
+        if not self.size and not self.reduction_factor:
+            self.size = 64
+        return self
+
+
+METHOD_SCHEMAS: dict[str, type[Strict]] = {
+    "full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod, "dora": DoraMethod, "ia3": IA3Method,
+    "prefix": PrefixMethod, "prompt": PromptMethod, "bottleneck": BottleneckMethod,
+}
+MethodConfig = Annotated[
+    Union[FullMethod, FreezeMethod, LoraMethod, DoraMethod, IA3Method, PrefixMethod, PromptMethod, BottleneckMethod],
+    Field(discriminator="name"),
+]
 
 
 # ---------------------------------------------------------------- sections
@@ -123,7 +173,7 @@ class Config(Strict):
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
-    "method:full": FullMethod, "method:freeze": FreezeMethod, "method:lora": LoraMethod,
+    **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()},
 }
 
 
@@ -141,7 +191,7 @@ def _known_keys(raw: dict, loc: tuple) -> list[str]:
 
 
 def _describe(err: dict, raw: dict) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("full", "freeze", "lora")))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in METHOD_SCHEMAS))
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -155,11 +205,12 @@ def _describe(err: dict, raw: dict) -> str:
         return f"{key}: unknown key{tip}"
     if kind == "union_tag_invalid":
         return f"{key}: unknown method '{err['input'].get('name') if isinstance(err['input'], dict) else err['input']}'; " \
-               "available: full, freeze, lora"
+               f"available: {', '.join(METHOD_SCHEMAS)}"
     if kind == "missing":
         return f"{key}: required key is missing"
-    if kind == "value_error" and not loc:  # a cross-field check: its message names the keys
-        return err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        msg = err["msg"].removeprefix("Value error, ")
+        return msg if not loc else f"{key}: {msg}"  # top-level cross-field checks name their keys
     return f"{key}: {err['msg']} (got {err.get('input')!r})"
 
 

@@ -9,7 +9,19 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
+from tuneforge.models.methods import METHODS
 from tuneforge.runs import replace_dir
+
+
+def _run_method(found: Path) -> str | None:
+    """The method recorded in the run's config.yaml, when `found` sits in a run directory."""
+    import yaml
+
+    cfg = found.parent / "config.yaml"
+    if not cfg.is_file():
+        return None
+    method = (yaml.safe_load(cfg.read_text()) or {}).get("method") or {}
+    return method.get("name") if isinstance(method, dict) else method
 
 
 def _locate(path: str | Path) -> Path:
@@ -33,6 +45,26 @@ def adapter_base(adapter_dir: Path) -> str:
     return base
 
 
+def check_adapter_fits(adapter_dir: Path, base_path: str) -> None:
+    """Refuse an adapter trained for another architecture or size, naming both, before PEFT hits a shape error."""
+    from transformers import AutoConfig
+
+    trained_for = adapter_base(adapter_dir)
+    try:
+        want = AutoConfig.from_pretrained(resolve_model_path(trained_for))
+    except UserError:
+        return  # the original base is not available here: nothing to compare against
+    have = AutoConfig.from_pretrained(base_path)
+
+    def shape(c):
+        return (c.model_type, getattr(c, "hidden_size", None), getattr(c, "num_hidden_layers", None))
+
+    if shape(want) != shape(have):
+        w, h = shape(want), shape(have)
+        raise UserError(f"adapter {adapter_dir} was trained for {trained_for} ({w[0]}, hidden {w[1]} x {w[2]} layers) "
+                        f"but the base {base_path} is {h[0]}, hidden {h[1]} x {h[2]} layers")
+
+
 def load_for_inference(path: str | Path, base: str | None = None):
     """(model, tokenizer) ready for generation; adapters are loaded onto their base with PEFT."""
     found = _locate(path)
@@ -40,6 +72,8 @@ def load_for_inference(path: str | Path, base: str | None = None):
         from peft import PeftModel
 
         base_path = resolve_model_path(base or adapter_base(found))
+        if base:
+            check_adapter_fits(found, base_path)
         model = PeftModel.from_pretrained(load_model(base_path), found)
     else:
         model = load_model(str(found))
@@ -50,8 +84,15 @@ def load_for_inference(path: str | Path, base: str | None = None):
 
 def merge_run(path: str | Path, out: str | Path, base: str | None = None) -> Path:
     found = _locate(path)
+    method = _run_method(found)
+    if method and not METHODS[method].mergeable and METHODS[method].why_not_mergeable:
+        raise UserError(f"cannot merge a {method} run: {METHODS[method].why_not_mergeable}")
     if not (found / "adapter_config.json").is_file():
         raise UserError(f"{found} is already a full model folder (no adapter to merge); use it directly")
+    peft_type = json.loads((found / "adapter_config.json").read_text()).get("peft_type", "")
+    if peft_type in ("PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING"):
+        name = "prefix" if peft_type == "PREFIX_TUNING" else "prompt"
+        raise UserError(f"cannot merge a {name} adapter: {METHODS[name].why_not_mergeable}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output {out} already exists and is not empty; choose a new folder")

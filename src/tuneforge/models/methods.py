@@ -20,6 +20,9 @@ from tuneforge.errors import UserError
 class Method:
     apply: Callable  # (model, method_cfg) -> model with only the trainable parameters requiring grad
     adapter: bool  # True: the result is an adapter folder over an unchanged base
+    mergeable: bool = False  # can `tuneforge merge` fold it into the base weights?
+    virtual_tokens: bool = False  # prefix/prompt: PEFT's own forward adds virtual tokens; no packing
+    why_not_mergeable: str = ""
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -69,10 +72,73 @@ def _apply_lora(model, cfg):
         raise UserError(f"method.target_modules: {e}") from None
 
 
+def _peft(model, peft_config):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except (ValueError, KeyError) as e:
+        raise UserError(f"method: PEFT refused this model/method combination ({str(e).splitlines()[0]})") from None
+
+
+def _apply_dora(model, cfg):
+    from peft import LoraConfig
+
+    return _peft(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                   target_modules=cfg.target_modules, use_dora=True, task_type="CAUSAL_LM"))
+
+
+def _apply_ia3(model, cfg):
+    from peft import IA3Config
+
+    auto = lambda v: None if v == "auto" else v  # noqa: E731 - None lets PEFT pick per model type
+    return _peft(model, IA3Config(target_modules=auto(cfg.target_modules),
+                                  feedforward_modules=auto(cfg.feedforward_modules), task_type="CAUSAL_LM"))
+
+
+def _apply_prefix(model, cfg):
+    from peft import PrefixTuningConfig
+
+    return _peft(model, PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens,
+                                           prefix_projection=cfg.projection,
+                                           encoder_hidden_size=cfg.projection_hidden_size, task_type="CAUSAL_LM"))
+
+
+def _apply_prompt(model, cfg, tokenizer_path: str | None = None):
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    kwargs = {}
+    if cfg.init_text:
+        kwargs = dict(prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text=cfg.init_text,
+                      tokenizer_name_or_path=tokenizer_path or model.name_or_path)
+    return _peft(model, PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM", **kwargs))
+
+
+def _apply_bottleneck(model, cfg):
+    from tuneforge.models.bottleneck import BottleneckConfig, attach_bottleneck
+
+    bcfg = BottleneckConfig(size=cfg.size, reduction_factor=cfg.reduction_factor, placement=cfg.placement,
+                            activation=cfg.activation, scale=cfg.scale)
+    return attach_bottleneck(model, bcfg)
+
+
+_VIRTUAL = "it adds learned virtual tokens in front of every input; there are no weights to fold it into. " \
+           "Serve the adapter folder instead (tuneforge generate RUN, or PeftModel.from_pretrained)"
 METHODS: dict[str, Method] = {
     "full": Method(_apply_full, adapter=False),
     "freeze": Method(_apply_freeze, adapter=False),
-    "lora": Method(_apply_lora, adapter=True),
+    "lora": Method(_apply_lora, adapter=True, mergeable=True),
+    "dora": Method(_apply_dora, adapter=True, mergeable=True),
+    "ia3": Method(_apply_ia3, adapter=True, mergeable=True),
+    "prefix": Method(_apply_prefix, adapter=True, virtual_tokens=True,
+                     why_not_mergeable="prefix tuning adds learned key/value prefixes at every layer, not a weight "
+                                       "delta. Serve the adapter folder instead (tuneforge generate RUN, or "
+                                       "PeftModel.from_pretrained)"),
+    "prompt": Method(_apply_prompt, adapter=True, virtual_tokens=True, why_not_mergeable=f"prompt tuning: {_VIRTUAL}"),
+    "bottleneck": Method(_apply_bottleneck, adapter=True,
+                         why_not_mergeable="bottleneck adapters add new nonlinear modules (down-project, activation, "
+                                           "up-project) that no weight of the base can absorb. Serve the run "
+                                           "instead (tuneforge generate RUN --adapter ...)"),
 }
 
 
@@ -95,10 +161,3 @@ def count_parameters(model) -> tuple[int, int]:
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
     return trainable, total
-
-
-def save_final(model, tokenizer, out: Path, method_name: str) -> None:
-    """The artifact others load: a PEFT adapter folder, or an HF model folder for full/freeze."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)

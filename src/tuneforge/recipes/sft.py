@@ -95,6 +95,9 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
             before = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
             write_json(before_path, before)
 
+    if METHODS[cfg.method.name].virtual_tokens and cfg.train.packing:
+        _say(f"packing off for method {cfg.method.name}: its virtual tokens go in front of each example")
+        cfg.train.packing = False
     model = apply_method(model, cfg.method)
     trainable, total = count_parameters(model)
     _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
@@ -150,7 +153,12 @@ def save_artifact(model, tokenizer, run: Path, method: str) -> Path:
     final = run / ("adapter" if METHODS[method].adapter else "model")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=run))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if method == "bottleneck":
+            from tuneforge.models.bottleneck import save_bottleneck
+
+            save_bottleneck(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         replace_dir(tmp, final)
     except BaseException:
