@@ -100,3 +100,48 @@ def test_adapter_for_another_base_is_refused_by_name(tiny_models, dates_data, tm
     run = _train(tmp_path, tiny_models["llama"], dates_data[0], {"name": "lora", "r": 4}, capsys)
     code, _, err = run_cli(["generate", tiny_models["gpt2"], "hi", "--adapter", f"x={run}"], capsys)
     assert code == 2 and "llama" in err and "gpt2" in err
+
+
+def test_bottleneck_run_reloads_refuses_merge_and_switches_beside_lora(tiny_llama, dates_data, tmp_path, capsys):
+    from tuneforge.models.adapters import AdapterSet
+    from tuneforge.models.merge import load_for_inference
+
+    run = _train(tmp_path, tiny_llama, dates_data[0], {"name": "bottleneck", "size": 8}, capsys, "bn")
+    assert (run / "adapter" / "bottleneck_config.json").is_file()
+    assert (run / "adapter" / "tokenizer.json").is_file()
+    model, _ = load_for_inference(run)
+    with torch.no_grad():
+        tuned = model(IDS).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()(IDS).logits
+    assert not torch.allclose(tuned, base_logits)
+
+    code, _, err = run_cli(["merge", run, tmp_path / "merged"], capsys)
+    assert code == 2 and "cannot merge a bottleneck" in err and not (tmp_path / "merged").exists()
+
+    lora = _train(tmp_path, tiny_llama, dates_data[0], {"name": "lora", "r": 4}, capsys, "lora")
+    with torch.no_grad():
+        lora_logits = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama),
+                                                lora / "adapter").eval()(IDS).logits
+    aset = AdapterSet(str(tiny_llama), {"l": lora, "b": run})
+    with torch.no_grad():
+        for name, want in (("b", tuned), ("l", lora_logits), ("base", base_logits), ("b", tuned), ("base", base_logits)):
+            with aset.use(name) as m:
+                torch.testing.assert_close(m(IDS).logits, want, rtol=0, atol=0, msg=name)
+
+
+def test_bottleneck_resume(tiny_llama, dates_data, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    method = {"name": "bottleneck", "reduction_factor": 8, "placement": "pfeiffer"}
+    full = _train(tmp_path, tiny_llama, dates_data[0], method, capsys, "full", train={"max_steps": 4})
+    half = _train(tmp_path, tiny_llama, dates_data[0], method, capsys, "half", train={"max_steps": 4, "save_every": 2})
+    shutil.rmtree(half / "checkpoints" / "step-0000004")
+    shutil.rmtree(half / "adapter")
+    code, _, err = run_cli(["train", tmp_path / "half.yaml", "--resume"], capsys)
+    assert code == 0, err
+    a = load_file(str(full / "adapter" / "bottleneck_model.safetensors"))
+    b = load_file(str(half / "adapter" / "bottleneck_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

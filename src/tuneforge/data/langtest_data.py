@@ -70,7 +70,8 @@ def _read_member(wheel: str, member: str) -> tuple[dict, ...]:
         with zipfile.ZipFile(wheel) as zf:
             raw = zf.read(name).decode("utf-8")
     except zipfile.BadZipFile as e:
-        raise UserError(f"{wheel} is not a usable {WHEEL_SPEC} wheel ({e}); {WHEEL_ENV} may point at a wrong file") from None
+        raise UserError(f"{wheel} is not a usable {WHEEL_SPEC} wheel ({e}); "
+                        f"{WHEEL_ENV} may point at a wrong file") from None
     except KeyError:
         raise UserError(f"{wheel} has no {name}; members look like 'XSum/test.jsonl', 'BoolQ/dev.jsonl'") from None
     rows = []

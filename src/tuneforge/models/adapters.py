@@ -1,7 +1,8 @@
 """Many task adapters on one base, switched per call without reloading the base.
 
 PEFT adapters (LoRA, DoRA, IA3; or prefix/prompt ones) are loaded under their names into one
-PeftModel; `use(name)` activates one, `use(None)` runs the untouched base.
+PeftModel; one bottleneck adapter can sit beside them (its modules are switched on and off).
+`use(name)` activates one, `use(None)` runs the untouched base.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
-from tuneforge.models.merge import _locate, adapter_base, check_adapter_fits
+from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, set_bottleneck_enabled
+from tuneforge.models.merge import _locate, check_adapter_fits
 
 
 def parse_adapter_flags(flags: list[str]) -> dict[str, Path]:
@@ -33,7 +35,9 @@ class AdapterSet:
         self.base_path = resolve_model_path(base)
         self.model = load_model(self.base_path)
         self.tokenizer = load_tokenizer(self.base_path)
-        self.names: list[str] = []
+        self.names: list[str] = []  # PEFT adapters
+        self.bottleneck: str | None = None
+        self._base_model = self.model
         for name, path in adapters.items():
             self.add(name, path)
         self.model.eval()
@@ -42,6 +46,14 @@ class AdapterSet:
         from peft import PeftModel
 
         found = _locate(path)
+        if is_bottleneck_dir(found):
+            if self.bottleneck:
+                raise UserError(f"--adapter {name}: only one bottleneck adapter at a time "
+                                f"('{self.bottleneck}' is loaded); load the others in another process")
+            load_bottleneck(self._base_model, found)  # checks architecture and size, names both on mismatch
+            set_bottleneck_enabled(self._base_model, False)
+            self.bottleneck = name
+            return
         if not (found / "adapter_config.json").is_file():
             raise UserError(f"--adapter {name}={path}: not a PEFT adapter folder (no adapter_config.json)")
         check_adapter_fits(found, self.base_path)
@@ -51,15 +63,25 @@ class AdapterSet:
             self.model.load_adapter(found, adapter_name=name)
         self.names.append(name)
 
+    @property
+    def available(self) -> list[str]:
+        return ["base", *self.names, *([self.bottleneck] if self.bottleneck else [])]
+
     @contextlib.contextmanager
     def use(self, name: str | None):
         """Activate one adapter (or none: the base model) for the duration of the block."""
-        if name in (None, "base"):
-            ctx = self.model.disable_adapter() if self.names else contextlib.nullcontext()
-            with ctx:
-                yield self.model
+        if name not in (None, *self.available):
+            raise UserError(f"--use {name}: no such adapter; loaded: {', '.join(self.available)}")
+        if name in self.names:
+            self.model.set_adapter(name)
+            yield self.model
             return
-        if name not in self.names:
-            raise UserError(f"--use {name}: no such adapter; loaded: {', '.join(['base', *self.names])}")
-        self.model.set_adapter(name)
-        yield self.model
+        peft_off = self.model.disable_adapter() if self.names else contextlib.nullcontext()
+        with peft_off:
+            if name and name == self.bottleneck:
+                set_bottleneck_enabled(self._base_model, True)
+            try:
+                yield self.model
+            finally:
+                if self.bottleneck:
+                    set_bottleneck_enabled(self._base_model, False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
+from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, read_bottleneck_config
 from tuneforge.models.methods import METHODS
 from tuneforge.runs import replace_dir
 
@@ -32,7 +33,7 @@ def _locate(path: str | Path) -> Path:
     for name in ("adapter", "model"):
         if (p / name).is_dir():
             return p / name
-    if (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+    if (p / "adapter_config.json").is_file() or (p / "config.json").is_file() or is_bottleneck_dir(p):
         return p
     raise UserError(f"{p} is not a tuneforge run, PEFT adapter or HF model folder")
 
@@ -68,7 +69,11 @@ def check_adapter_fits(adapter_dir: Path, base_path: str) -> None:
 def load_for_inference(path: str | Path, base: str | None = None):
     """(model, tokenizer) ready for generation; adapters are loaded onto their base with PEFT."""
     found = _locate(path)
-    if (found / "adapter_config.json").is_file():
+    if is_bottleneck_dir(found):
+        bcfg = read_bottleneck_config(found)
+        base_path = resolve_model_path(base or bcfg.base_model)
+        model = load_bottleneck(load_model(base_path), found)
+    elif (found / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base_path = resolve_model_path(base or adapter_base(found))
@@ -84,7 +89,7 @@ def load_for_inference(path: str | Path, base: str | None = None):
 
 def merge_run(path: str | Path, out: str | Path, base: str | None = None) -> Path:
     found = _locate(path)
-    method = _run_method(found)
+    method = "bottleneck" if is_bottleneck_dir(found) else _run_method(found)
     if method and not METHODS[method].mergeable and METHODS[method].why_not_mergeable:
         raise UserError(f"cannot merge a {method} run: {METHODS[method].why_not_mergeable}")
     if not (found / "adapter_config.json").is_file():

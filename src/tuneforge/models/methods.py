@@ -118,7 +118,7 @@ def _apply_bottleneck(model, cfg):
     from tuneforge.models.bottleneck import BottleneckConfig, attach_bottleneck
 
     bcfg = BottleneckConfig(size=cfg.size, reduction_factor=cfg.reduction_factor, placement=cfg.placement,
-                            activation=cfg.activation, scale=cfg.scale)
+                            activation=cfg.activation, scale=cfg.scale, base_model=model.name_or_path)
     return attach_bottleneck(model, bcfg)
 
 

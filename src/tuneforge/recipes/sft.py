@@ -156,7 +156,7 @@ def save_artifact(model, tokenizer, run: Path, method: str) -> Path:
         if method == "bottleneck":
             from tuneforge.models.bottleneck import save_bottleneck
 
-            save_bottleneck(model, tmp)
+            save_bottleneck(model, None, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
