@@ -131,7 +131,7 @@ def case_unknown_method(t, m):
 
 def case_unknown_method_section(t, m):
     data = write_jsonl(t / "train.jsonl", ALPACA)
-    return ["train", _cfg(t, m, data, method={"name": "dora", "r": 4})], ["method", "dora", "full, freeze, lora"]
+    return ["train", _cfg(t, m, data, method={"name": "adalora", "r": 4})], ["method", "adalora", "full, freeze, lora, dora"]
 
 
 def case_option_of_other_method(t, m):
