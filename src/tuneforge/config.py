@@ -141,6 +141,7 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     metric: Literal["exact_match", "token_f1", "rouge_l", "loss"] = "exact_match"
     before_after: bool = True
+    base: bool = Field(True, description="with before_after: also score the base model before training")
     max_examples: int | None = Field(200, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -42,14 +42,15 @@ def write_report(run: Path, summary: dict) -> Path:
     lines = [f"# Run report: {run.name}", ""]
     for key in ("model", "method", "trainable_params", "total_params", "steps", "wall_time_s",
                 "train_examples", "val_examples", "truncated_examples", "dropped_examples", "final_train_loss",
-                "best_val_loss", "stopped_early"):
+                "best_val_loss", "stopped_early", "train_tokens_per_s", "peak_memory_gb", "artifact_mb"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
     ev = summary.get("evaluation")
     if ev:
         lines += ["", f"## Before / after ({ev['metric']}, {ev['examples']} held-out examples)", "",
                   "| model | " + ev["metric"] + " |", "|---|---|",
-                  f"| base | {ev['before']:.4f} |", f"| tuned | {ev['after']:.4f} |"]
+                  f"| base | {ev['before']:.4f} |" if ev["before"] is not None else "| base | (not scored) |",
+                  f"| tuned | {ev['after']:.4f} |"]
         if ev.get("samples"):
             lines += ["", "### Samples", "", "| prompt | reference | base | tuned |", "|---|---|---|---|"]
             for s in ev["samples"]:

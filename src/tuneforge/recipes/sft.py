@@ -87,7 +87,8 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
         model.to(amp)
 
     before_path = run / "eval_before.json"
-    if cfg.eval.before_after and accelerator.is_main_process:
+    before = None
+    if cfg.eval.before_after and cfg.eval.base and accelerator.is_main_process:
         if before_path.is_file():
             before = json.loads(before_path.read_text())
         else:
@@ -112,14 +113,18 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
         "final_train_loss": round(result.train_loss, 4),
         "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
         "stopped_early": result.stopped_early,
+        "train_tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
+        "peak_memory_gb": round(peak_memory_gb(device), 2),
     }
     if accelerator.is_main_process:
         artifact = save_artifact(model, tokenizer, run, cfg.method.name)
         summary["artifact"] = str(artifact)
-        if cfg.eval.before_after and before:
+        summary["artifact_mb"] = round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 2)
+        if cfg.eval.before_after:
             _say("evaluating the tuned model...")
             after = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
-            summary["evaluation"] = _before_after(cfg, before, after, val.examples)
+            if after:
+                summary["evaluation"] = _before_after(cfg, before, after, val.examples)
         summary["wall_time_s"] = round(time.time() - started, 1)
         plot_loss(run)
         write_report(run, summary)
@@ -136,10 +141,19 @@ def choose_attention(setting: str, device, row_length: int) -> str:
     return "eager" if device.type == "cpu" and row_length <= 1024 else "sdpa"
 
 
-def _before_after(cfg: Config, before: dict, after: dict, val_examples) -> dict:
-    ev = {"metric": cfg.eval.metric, "before": before["score"], "after": after["score"],
-          "examples": before.get("n", len(val_examples))}
-    if "predictions" in before:
+def peak_memory_gb(device) -> float:
+    """Peak resident memory of this process (CPU), or peak allocated GPU memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _before_after(cfg: Config, before: dict | None, after: dict, val_examples) -> dict:
+    ev = {"metric": cfg.eval.metric, "before": before["score"] if before else None, "after": after["score"],
+          "examples": after.get("n", len(val_examples))}
+    if before and "predictions" in before:
         examples = generative_examples(val_examples, cfg.eval.max_examples)
         ev["samples"] = [
             {"prompt": e.prompt_segments()[-1].text, "reference": e.reference, "base": b, "tuned": a}

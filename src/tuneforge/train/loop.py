@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ class LoopResult:
     train_loss: float
     best_val_loss: float | None
     stopped_early: bool
-    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the optimizer steps run in this process (no eval, no checkpoints)
+    tokens: int = 0  # non-padding tokens of those steps
 
 
 def _param_groups(model, weight_decay: float):
@@ -122,8 +123,9 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     plan, plan_epoch = None, -1
     recent_losses: list[float] = []
     stopped_early = False
-    t_last = time.perf_counter()
+    train_seconds, train_tokens = 0.0, 0
     while progress["step"] < total_steps:
+        t_step = time.perf_counter()  # a step's time: collation, forward, backward, update (not eval, saves)
         if plan_epoch != progress["epoch"]:
             plan, plan_epoch = epoch_plan(progress["epoch"]), progress["epoch"]
         start = progress["micro_index"]
@@ -155,8 +157,9 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / step_targets
         recent_losses.append(loss_value)
         now = time.perf_counter()
-        tok_s = step_tokens / max(now - t_last, 1e-9)
-        t_last = now
+        tok_s = step_tokens / max(now - t_step, 1e-9)
+        train_seconds += now - t_step
+        train_tokens += step_tokens
         step = progress["step"]
         if step % cfg.log_every == 0 or step == total_steps:
             record({"step": step, "epoch": progress["epoch"], "loss": loss_value, "lr": scheduler.get_last_lr()[0],
@@ -191,7 +194,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             for n, v in best_state.items():
                 params[n].copy_(v)
     tail = recent_losses[-max(1, len(recent_losses) // 10):] if recent_losses else [float("nan")]
-    return LoopResult(progress["step"], sum(tail) / len(tail), progress["best_val_loss"], stopped_early)
+    return LoopResult(progress["step"], sum(tail) / len(tail), progress["best_val_loss"], stopped_early,
+                      train_seconds, train_tokens)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
