@@ -145,3 +145,20 @@ def test_bottleneck_resume(tiny_llama, dates_data, tmp_path, capsys):
     b = load_file(str(half / "adapter" / "bottleneck_model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_compare_methods_writes_table_and_chart(tiny_llama, dates_data, tmp_path, capsys):
+    train, val = dates_data
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, train, tmp_path / "task", val,
+                       train={"max_steps": 2, "eval_every": 2}, eval={"max_examples": 2, "max_new_tokens": 4})
+    code, out, err = run_cli(["compare-methods", cfg, "--methods", "lora,bottleneck,prompt", "--out",
+                              tmp_path / "cmp"], capsys)
+    assert code == 0, err
+    import json
+
+    rows = json.loads((tmp_path / "cmp" / "methods.json").read_text())
+    assert [r["method"] for r in rows] == ["lora", "bottleneck", "prompt"]
+    assert all("error" not in r and r["trainable_params"] > 0 and r["artifact_mb"] > 0 for r in rows)
+    assert (tmp_path / "cmp" / "methods.png").is_file()
+    table = (tmp_path / "cmp" / "methods.md").read_text()
+    assert "| base (untuned) |" in table and "| prompt |" in table

@@ -46,6 +46,23 @@ def _print_outputs(run: Path) -> None:
     print(f"loss plot:     {run / 'plots' / 'loss.png'}")
 
 
+@app.command("compare-methods")
+def compare_methods_cmd(
+    config: Path = typer.Argument(..., help="YAML config of the task (its method is one of those compared)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
+    methods: str = typer.Option("full,freeze,lora,dora,ia3,prefix,prompt,bottleneck", help="comma-separated"),
+    out: Optional[Path] = typer.Option(None, help="folder for the runs and the table (default: OUTPUT_DIR-methods)"),
+):
+    """Train the same task with each method and write a comparison table (methods.md/json) and chart."""
+    from tuneforge.config import load_config
+    from tuneforge.recipes.compare import compare_methods
+
+    cfg = load_config(config, overrides or [])
+    target = out or Path(cfg.output_dir + "-methods")
+    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], target)
+    print(f"table: {target / 'methods.md'}\nchart: {target / 'methods.png'}")
+
+
 @app.command()
 def merge(run: Path = typer.Argument(..., help="run directory or PEFT adapter folder"),
           out: Path = typer.Argument(..., help="new folder for the merged HF model"),

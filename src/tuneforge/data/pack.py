@@ -20,7 +20,8 @@ def plan_micro_batches(lengths: list[int], batch_tokens: int, row_length: int, p
     """Micro-batches as lists of rows, each row a list of example indices, in a seeded shuffle."""
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
-    rows_per_batch = max(1, batch_tokens // row_length)
+    # Nearest whole number of rows: with a long outlier example, flooring could halve the batch.
+    rows_per_batch = max(1, round(batch_tokens / row_length))
     batches: list[list[list[int]]] = []
     if packing:
         rows: list[list[int]] = []

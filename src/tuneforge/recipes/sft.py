@@ -119,7 +119,7 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
     if accelerator.is_main_process:
         artifact = save_artifact(model, tokenizer, run, cfg.method.name)
         summary["artifact"] = str(artifact)
-        summary["artifact_mb"] = round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 2)
+        summary["artifact_mb"] = round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 4)
         if cfg.eval.before_after:
             _say("evaluating the tuned model...")
             after = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
