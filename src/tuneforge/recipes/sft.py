@@ -18,7 +18,7 @@ from tuneforge.data.dataset import encode_split, load_splits
 from tuneforge.data.render import setup_chat_template
 from tuneforge.errors import UserError
 from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
-from tuneforge.models.load import load_model_and_tokenizer
+from tuneforge.models.load import decoder_and_head, load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
 from tuneforge.runs import check_run_dir, create_run_dir, replace_dir, write_json
@@ -81,7 +81,7 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
     model.to(device)
     attention = choose_attention(cfg.train.attention, device, max(len(e.ids) for e in train.encoded))
     model.set_attn_implementation(attention)
-    if amp is not None and METHODS[cfg.method.name].adapter:
+    if amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
         # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
         # in the compute dtype halves its memory and spares autocast a weight cast every forward.
         model.to(amp)
@@ -100,6 +100,11 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
         _say(f"packing off for method {cfg.method.name}: its virtual tokens go in front of each example")
         cfg.train.packing = False
     model = apply_method(model, cfg.method)
+    if cfg.train.activation_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.compile:
+        decoder_and_head(model)[0].compile(dynamic=True)
     trainable, total = count_parameters(model)
     _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     result = train_loop(model, train.encoded, val.encoded, cfg.train, run_dir=run, seed=cfg.seed,
