@@ -114,6 +114,11 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
+    @field_validator("compile", mode="before", check_fields=False)
+    @classmethod
+    def _bool_to_text(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
+
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_tokens: int = Field(4096, ge=16, description="tokens per micro-batch (packed rows)")
@@ -135,9 +140,11 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
     attention: Literal["auto", "sdpa", "eager"] = Field(
-        "auto", description="auto: eager on CPU for rows up to 1024 tokens (measured faster), else sdpa")
+        "auto", description="auto: eager on CPU for rows up to 256 tokens (measured faster), else sdpa")
     activation_checkpointing: bool = Field(False, description="recompute block activations in backward: less memory")
-    compile: bool = Field(False, description="torch.compile the transformer body (dynamic shapes)")
+    compile: Literal["auto", "true", "false"] = Field(
+        "auto", description="torch.compile each decoder block; auto: on for models of 50M+ parameters "
+                            "when a C/C++ compiler is present (CPU) or on CUDA")
     frozen_base_dtype: Literal["auto", "fp32"] = Field(
         "auto", description="auto: adapter methods keep the frozen base in the compute dtype (bf16)")
 

@@ -106,7 +106,9 @@ def generate(
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        with torch.inference_mode(), _autocast(device, autocast_bf16), _seeded(seed, device):
+        # force_eager: blocks compiled for training would otherwise recompile for the KV-cache path.
+        with torch.inference_mode(), _autocast(device, autocast_bf16), _seeded(seed, device), \
+                torch.compiler.set_stance("force_eager"):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")

@@ -18,11 +18,12 @@ from tuneforge.data.dataset import encode_split, load_splits
 from tuneforge.data.render import setup_chat_template
 from tuneforge.errors import UserError
 from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
-from tuneforge.models.load import decoder_and_head, load_model_and_tokenizer
+from tuneforge.models.load import load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
 from tuneforge.runs import check_run_dir, create_run_dir, replace_dir, write_json
 from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.train.forward import compile_blocks
 from tuneforge.train.loop import train_loop, validation_loss
 from tuneforge.train.precision import resolve_precision
 
@@ -103,9 +104,10 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
     if cfg.train.activation_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.train.compile:
-        decoder_and_head(model)[0].compile(dynamic=True)
     trainable, total = count_parameters(model)
+    if should_compile(cfg.train.compile, device, total):
+        _say("compiling the decoder blocks (torch.compile; the first steps pay for it)")
+        compile_blocks(model)
     _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     result = train_loop(model, train.encoded, val.encoded, cfg.train, run_dir=run, seed=cfg.seed,
                         pad_id=tokenizer.pad_token_id, accelerator=accelerator, amp_dtype=amp, resume=resume,
@@ -140,10 +142,22 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
 def choose_attention(setting: str, device, row_length: int) -> str:
     if setting != "auto":
         return setting
-    # Measured here (2-core AMX CPU, SmolLM2-135M, packed rows of ~80 tokens): the CPU SDPA kernel's
-    # backward with a packed-sequence mask costs more than eager attention; eager's [T x T] scores
-    # stay small for short rows. GPUs use SDPA.
-    return "eager" if device.type == "cpu" and row_length <= 1024 else "sdpa"
+    # Measured on a 2-core AMX CPU with SmolLM2-135M (bench/bench_levers.py and docs/performance.md):
+    # rows of ~80 tokens train 2x faster with eager attention (the CPU SDPA backward with a packed
+    # mask is slow), rows of ~640 tokens 1.35x faster with SDPA. 256 is the cut between the two
+    # measurements. GPUs use SDPA.
+    return "eager" if device.type == "cpu" and row_length <= 256 else "sdpa"
+
+
+def should_compile(setting: str, device, n_params: int) -> bool:
+    if setting != "auto":
+        return setting == "true"
+    import shutil
+
+    # Compiling costs ~20-30 s here and pays from a few dozen steps on for real models; tiny
+    # models gain nothing. On CPU, inductor needs a C++ compiler.
+    has_compiler = device.type == "cuda" or any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    return n_params >= 50_000_000 and has_compiler
 
 
 def peak_memory_gb(device) -> float:

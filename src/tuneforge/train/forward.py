@@ -13,6 +13,15 @@ from tuneforge.models.load import decoder_and_head
 from tuneforge.train.losses import linear_cross_entropy_sum
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each decoder block: the blocks share one compiled graph, so compiling costs about
+    one block's worth of time instead of the whole body's (measured: bench/bench_levers.py)."""
+    from tuneforge.models.methods import transformer_blocks
+
+    for block in transformer_blocks(model):
+        block.compile(dynamic=True)
+
+
 def uses_virtual_tokens(model: nn.Module) -> bool:
     """Prefix / prompt tuning: PEFT's own forward must run to insert the virtual tokens."""
     cfg = getattr(model, "active_peft_config", None)

@@ -61,6 +61,7 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
 
 
 @torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # compiled blocks would recompile for inference mode
 def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainConfig, pad_id: int,
                     device, amp_dtype) -> float:
     was_training = loss_model.training
