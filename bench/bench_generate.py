@@ -54,7 +54,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--fp32-subset", type=int, default=16)
     # On CPU, autocast re-casts every weight on every decode step, which can cost more than it saves.
-    ap.add_argument("--no-bf16", action="store_true", help="time in fp32 instead of bf16 autocast")
+    ap.add_argument("--bf16", action="store_true",
+                    help="time under bf16 autocast (default off on CPU: autocast re-casts weights every decode step)")
     args = ap.parse_args()
     path = args.model
     if path is None:
@@ -70,7 +71,7 @@ def main():
     prompts = [TEMPLATES[i % len(TEMPLATES)].format(t=TOPICS[(i // len(TEMPLATES)) % len(TOPICS)])
                for i in range(args.n)]
     device = next(model.parameters()).device
-    bf16 = not args.no_bf16 and (device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()))
+    bf16 = args.bf16 or (device.type == "cuda" and torch.cuda.is_bf16_supported())
     mnt = args.max_new_tokens
     print(f"model={path} device={device} threads={torch.get_num_threads()} prompts={len(prompts)} "
           f"max_new_tokens={mnt} batch_size={args.batch_size} bf16_autocast={bf16}")
