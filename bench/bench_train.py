@@ -388,7 +388,7 @@ def _fmt(x, spec: str = "") -> str:
 
 
 def render(results: list[dict], peaks: dict, chk: dict, args) -> str:
-    out = [f"# Training benchmark: tuneforge vs HF Trainer + PEFT vs TRL SFTTrainer", ""]
+    out = ["# Training benchmark: tuneforge vs HF Trainer + PEFT vs TRL SFTTrainer", ""]
     out.append(f"model `{args.model_resolved}`, {args.steps} optimizer steps, {EXAMPLES_PER_STEP} examples per step "
                f"(tuneforge: a token budget of 8 average examples), max_length {MAX_LENGTH}, AdamW constant lr "
                f"(lora {LR['lora']}, full {LR['full']}), warmup 0, grad clip 1.0, bf16 autocast, seed {SEED}; "

@@ -11,7 +11,7 @@ import torch
 from conftest import write_jsonl
 from tuneforge.config import DataConfig
 from tuneforge.data.dataset import encode_split, load_splits
-from tuneforge.data.formats import Example, Segment, detect_format, to_examples
+from tuneforge.data.formats import Example, detect_format, to_examples
 from tuneforge.data.pack import collate, plan_micro_batches
 from tuneforge.data.render import encode, prompt_text
 from tuneforge.data.sources import Record, read_records

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import run_cli, write_config, write_jsonl
+from conftest import run_cli, write_config
 from tuneforge.config import TrainConfig
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
 from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, read_bottleneck_config
 from tuneforge.models.methods import METHODS
-from tuneforge.runs import replace_dir
+from tuneforge.runs import atomic_dir
 
 
 def _run_method(found: Path) -> str | None:
@@ -103,13 +101,7 @@ def merge_run(path: str | Path, out: str | Path, base: str | None = None) -> Pat
         raise UserError(f"output {out} already exists and is not empty; choose a new folder")
     model, tok = load_for_inference(found, base)
     merged = model.merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -7,7 +7,6 @@ method plugs in by adding one `Method` entry here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneforge.config import Config, dump_config
+from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.runs import write_json
 from tuneforge.train.checkpoint import atomic_write_text

@@ -6,8 +6,6 @@ The recipe decides which data, which examples and what to evaluate; the loop is 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from tuneforge.eval.before_after import generative_examples, loss_summary, score
 from tuneforge.models.load import load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
-from tuneforge.runs import check_run_dir, create_run_dir, replace_dir, write_json
+from tuneforge.runs import atomic_dir, check_run_dir, create_run_dir, write_json
 from tuneforge.train.checkpoint import atomic_write_text
 from tuneforge.train.forward import compile_blocks
 from tuneforge.train.loop import train_loop, validation_loss
@@ -184,8 +182,7 @@ def _before_after(cfg: Config, before: dict | None, after: dict, val_examples) -
 def save_artifact(model, tokenizer, run: Path, method: str) -> Path:
     """PEFT adapter folder for adapter methods, a standalone HF model folder otherwise; written atomically."""
     final = run / ("adapter" if METHODS[method].adapter else "model")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=run))
-    try:
+    with atomic_dir(final) as tmp:
         if method == "bottleneck":
             from tuneforge.models.bottleneck import save_bottleneck
 
@@ -193,10 +190,4 @@ def save_artifact(model, tokenizer, run: Path, method: str) -> Path:
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, final)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -6,7 +6,6 @@ accelerate prepares) while the lm_head still runs only at target positions.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from tuneforge.models.load import decoder_and_head
