@@ -160,6 +160,10 @@ def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000)
 
 
 def main() -> None:
+    import warnings
+
+    # Deprecation notices raised inside transformers/PEFT are for their maintainers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
