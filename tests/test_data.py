@@ -13,7 +13,7 @@ from tuneforge.config import DataConfig
 from tuneforge.data.dataset import encode_split, load_splits
 from tuneforge.data.formats import Example, detect_format, to_examples
 from tuneforge.data.pack import collate, plan_micro_batches
-from tuneforge.data.render import encode, prompt_text
+from tuneforge.data.render import encode
 from tuneforge.data.sources import Record, read_records
 
 
@@ -96,7 +96,8 @@ def test_system_prompt_from_config_is_inserted(tok):
                  {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}):
         ex = _one(data, system="Be brief.")
         assert _segs(ex)[0] == ("system", "Be brief.", False), data
-        assert "<|im_start|>system\nBe brief.<|im_end|>" in prompt_text(ex, tok)
+        rendered = tok.decode(encode(ex, tok, max_length=256).ids)
+        assert rendered.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     # A conversation with its own system message keeps it; a record-level alpaca `system` wins too.
     own = _one({"messages": [{"role": "system", "content": "Own."}, {"role": "user", "content": "x"},
                              {"role": "assistant", "content": "y"}]}, system="Config.")

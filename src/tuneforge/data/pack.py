@@ -91,7 +91,3 @@ def collate(rows: list[list[int]], encoded: list[Encoded], pad_id: int) -> dict[
             at += n
         pos[r, at:] = torch.arange(width - at)  # the pad tail is its own sequence: nothing attends to it
     return {"input_ids": ids, "position_ids": pos, "target_mask": mask}
-
-
-def count_targets(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["target_mask"].sum())

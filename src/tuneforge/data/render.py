@@ -109,11 +109,3 @@ def encode(example: Example, tokenizer, max_length: int, truncation: str = "righ
     if mask:
         mask[0] = False
     return Encoded(ids, mask, truncated)
-
-
-def prompt_text(example: Example, tokenizer) -> str:
-    """What generation starts from for evaluation: the conversation up to the answer."""
-    segs = example.prompt_segments()
-    if segs and segs[0].role == "text":
-        return ""
-    return _render(tokenizer, segs, add_generation_prompt=True, where=example.where)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import nn
 
 from tuneforge.errors import UserError
@@ -145,10 +144,6 @@ def apply_method(model, method_cfg):
     if method_cfg.name not in METHODS:
         raise UserError(f"unknown method '{method_cfg.name}'; available: {', '.join(METHODS)}")
     return METHODS[method_cfg.name].apply(model, method_cfg)
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def count_parameters(model) -> tuple[int, int]:
