@@ -528,7 +528,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default="lora,full", help="comma list of lora, full")
     ap.add_argument("--systems", default="tuneforge,hf,trl", help="comma list of tuneforge, hf, trl")
-    ap.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     ap.add_argument("--model", default=None, help="HF model folder (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--peak-seconds", type=float, default=3.0)
