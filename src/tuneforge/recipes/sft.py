@@ -70,8 +70,11 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
          f"{train.truncated + val.truncated} truncated, {train.dropped + val.dropped} dropped (max_length "
          f"{cfg.data.max_length})")
 
+    if METHODS[cfg.method.name].virtual_tokens and cfg.train.packing:
+        _say(f"packing off for method {cfg.method.name}: its virtual tokens go in front of each example")
+        cfg.train.packing = False
     create_run_dir(run, overwrite, resume)
-    atomic_write_text(run / "config.yaml", dump_config(cfg))
+    atomic_write_text(run / "config.yaml", dump_config(cfg))  # after every adjustment: what actually runs
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
@@ -95,9 +98,6 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
             before = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
             write_json(before_path, before)
 
-    if METHODS[cfg.method.name].virtual_tokens and cfg.train.packing:
-        _say(f"packing off for method {cfg.method.name}: its virtual tokens go in front of each example")
-        cfg.train.packing = False
     model = apply_method(model, cfg.method)
     if cfg.train.activation_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.

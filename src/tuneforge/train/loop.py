@@ -88,7 +88,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         return plan_micro_batches(lengths, cfg.batch_tokens, row_length, cfg.packing, seed=seed + epoch)
 
     micro_per_step = cfg.grad_accum * world
-    steps_per_epoch = max(1, len(epoch_plan(0)) // micro_per_step)
+    plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
+    steps_per_epoch = max(1, len(plan) // micro_per_step)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     loss_model = TargetLoss(model)
@@ -121,7 +122,6 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     loss_model.train()
     bar = tqdm(total=total_steps, initial=progress["step"], desc="train", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
-    plan, plan_epoch = None, -1
     recent_losses: list[float] = []
     stopped_early = False
     train_seconds, train_tokens = 0.0, 0
