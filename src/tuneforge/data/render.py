@@ -27,6 +27,8 @@ class Encoded:
     ids: list[int]
     mask: list[bool]  # True where the token is a prediction target
     truncated: bool = False
+    weight: float = 1.0  # loss weight of this example's targets (class balancing)
+    aux_mask: list[bool] | None = None  # extra positions a loss may use (calibration: the proposed answer)
 
     @property
     def n_targets(self) -> int:

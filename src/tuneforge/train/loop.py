@@ -63,13 +63,13 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # compiled blocks would recompile for inference mode
 def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainConfig, pad_id: int,
-                    device, amp_dtype) -> float:
+                    device, amp_dtype, extra_fields: tuple[str, ...] = ()) -> float:
     was_training = loss_model.training
     loss_model.eval()
     lengths = [len(e.ids) for e in encoded]
     total, targets = 0.0, 0
     for rows in plan_micro_batches(lengths, cfg.batch_tokens, max(lengths), cfg.packing, seed=0):
-        batch = {k: v.to(device) for k, v in collate(rows, encoded, pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(rows, encoded, pad_id, extra_fields).items()}
         with autocast(device, amp_dtype):
             total += float(loss_model(**batch))
         targets += int(batch["target_mask"].sum())
@@ -78,7 +78,10 @@ def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainCo
 
 
 def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig, *, run_dir: Path, seed: int,
-               pad_id: int, accelerator, amp_dtype, resume: bool = False, log=print) -> LoopResult:
+               pad_id: int, accelerator, amp_dtype, resume: bool = False, log=print,
+               loss_model: torch.nn.Module | None = None) -> LoopResult:
+    """`loss_model` (default: TargetLoss) maps a collated batch to a summed loss over its targets; it may
+    ask for more batch fields with an `extra_fields` attribute (see data.pack.collate)."""
     device = accelerator.device
     row_length = max(len(e.ids) for e in train)
     lengths = [len(e.ids) for e in train]
@@ -92,7 +95,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     steps_per_epoch = max(1, len(plan) // micro_per_step)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
-    loss_model = TargetLoss(model)
+    loss_model = loss_model if loss_model is not None else TargetLoss(model)
+    extra_fields = tuple(getattr(loss_model, "extra_fields", ()))
     optimizer = make_optimizer(model, cfg, device)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
@@ -135,7 +139,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             progress["epoch"] += 1
             progress["micro_index"] = 0
             continue
-        batches = [collate(rows, train, pad_id) for rows in group]
+        batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
         step_targets = sum(int(b["target_mask"].sum()) for b in batches)
         step_tokens = sum(sum(len(train[i].ids) for i in row) for rows in group for row in rows)
         loss_sum = 0.0
@@ -170,7 +174,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         bar.update(1)
 
         if val and cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
-            vloss = validation_loss(loss_model, val, cfg, pad_id, device, amp_dtype)
+            vloss = validation_loss(loss_model, val, cfg, pad_id, device, amp_dtype, extra_fields)
             record({"step": step, "val_loss": vloss})
             bar.write(f"step {step}: val_loss {vloss:.4f}")
             best = progress["best_val_loss"]

@@ -1,0 +1,1 @@
+"""Calibration tuning: teach a model to predict whether its own answer is correct."""

@@ -1,0 +1,156 @@
+"""The evaluate stage: every confidence method on the held-out split and the shifted set.
+
+All methods score the same graded answers, so answer accuracy is shared and only the confidence
+differs. Baselines run on the untuned model (the adapter switched off, or the base loaded anew for
+full/freeze runs); the tuned model and its temperature come from the tune stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+from tuneforge.calibration.baselines import sampling_confidence, verbalized_confidence
+from tuneforge.calibration.fit import Probe
+from tuneforge.calibration.query import (QuerySpec, adapter_disabled, answer_messages, has_adapter,
+                                         margin_to_confidence, query_text, score_queries)
+from tuneforge.calibration.tune import CALIBRATION_FILE
+from tuneforge.config import Config
+from tuneforge.errors import UserError
+from tuneforge.eval.uncertainty import comparison_chart, markdown_table, reliability_diagram, summarize
+from tuneforge.runs import write_json
+from tuneforge.train.checkpoint import atomic_write_text
+
+SPLITS = ("test", "shift")
+RESULTS_JSON = "calibration_results.json"
+RESULTS_MD = "calibration.md"
+
+
+def load_calibration_info(run: Path) -> dict:
+    path = run / CALIBRATION_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the 'tune' stage first (tuneforge calibrate CONFIG --stage tune)")
+    return json.loads(path.read_text())
+
+
+class CalibrationModels:
+    """The tuned model and a way to get the untuned one (same weights with the adapter off, if possible)."""
+
+    def __init__(self, run: Path, info: dict):
+        from tuneforge.data.render import setup_chat_template
+        from tuneforge.models.load import load_model
+        from tuneforge.models.merge import load_for_inference
+
+        self.tuned, self.tokenizer = load_for_inference(run / info["artifact"])
+        setup_chat_template(self.tokenizer, info.get("chat_template"), info["model"])
+        self._base = None if has_adapter(self.tuned) else load_model(info["model"]).eval()
+
+    def base(self):
+        import contextlib
+
+        return adapter_disabled(self.tuned) if self._base is None else contextlib.nullcontext(self._base)
+
+
+def evaluate_stage(cfg: Config, run: Path) -> dict:
+    from tuneforge.recipes.calibration import few_shot_examples, load_run_graded, say
+    from tuneforge.train.precision import resolve_precision
+
+    cal = cfg.calibration
+    info = load_calibration_info(run)
+    graded = load_run_graded(run)
+    spec = QuerySpec.from_dict(info)
+    models = CalibrationModels(run, info)
+    tok = models.tokenizer
+    device = next(models.tuned.parameters()).device
+    amp = resolve_precision(cfg.train.precision, device)
+    shots = few_shot_examples([g.question for g in graded if g.split == "train"], cal.few_shot)
+    probe = Probe.load(run / info["probe"]) if info.get("probe") else None
+
+    results: dict[str, dict[str, dict]] = {}
+    extras: dict[str, dict] = {}
+    for split in SPLITS:
+        items = [g for g in graded if g.split == split]
+        if not items:
+            continue
+        say(f"evaluating on {split}: {len(items)} answers")
+        correct = [g.correct for g in items]
+        questions = [g.question for g in items]
+        answers = [g.answer for g in items]
+        texts = [query_text(tok, g.question, g.answer, spec) for g in items]
+        conf: dict[str, list[float]] = {}
+        timing: dict[str, float] = {}
+        with models.base() as base:
+            if "zero_shot" in cal.baselines:
+                t = time.time()
+                margins, hidden = score_queries(base, tok, texts, spec, cal.batch_size, amp)
+                conf["zero-shot classifier"] = margin_to_confidence(margins)
+                timing["zero-shot classifier"] = time.time() - t
+            if "verbalized" in cal.baselines:
+                t = time.time()
+                verbal = verbalized_confidence(base, tok, questions, answers, cal.verbalized_max_new_tokens,
+                                               cal.batch_size)
+                conf["verbalized"] = verbal.confidence
+                timing["verbalized"] = time.time() - t
+                extras.setdefault(split, {})["verbalized_unparsed"] = verbal.unparsed
+                extras[split]["verbalized_examples"] = verbal.replies[:5]
+                if verbal.unparsed:
+                    say(f"verbalized: {verbal.unparsed} of {len(items)} replies had no usable number (scored 0.5)")
+            if "sampling" in cal.baselines:
+                t = time.time()
+                prompts = [answer_messages(q, shots, cal.instruction_choice, cal.instruction_open) for q in questions]
+                conf["sampling"] = sampling_confidence(
+                    base, tok, prompts, answers, questions, cal.samples, cal.sample_temperature,
+                    cal.answer_max_new_tokens, cal.batch_size, seed=cfg.seed)
+                timing["sampling"] = time.time() - t
+            if probe is not None:
+                _, hidden = score_queries(base, tok, texts, spec, cal.batch_size, amp, want_hidden=True)
+                conf["probe"] = margin_to_confidence(probe.margin(hidden))
+        t = time.time()
+        margins, _ = score_queries(models.tuned, tok, texts, spec, cal.batch_size, amp)
+        conf["calibration-tuned"] = margin_to_confidence(margins)
+        timing["calibration-tuned"] = time.time() - t
+        if info.get("temperature", 1.0) != 1.0:
+            conf["calibration-tuned + temperature"] = margin_to_confidence(margins, info["temperature"])
+        results[split] = {name: summarize(c, correct) for name, c in conf.items()}
+        extras.setdefault(split, {})["seconds"] = {k: round(v, 1) for k, v in timing.items()}
+        _plots(run, split, conf, correct, results[split])
+
+    if not results:
+        raise UserError(f"{run}/graded.jsonl has no 'test' or 'shift' answers to evaluate on")
+    out = {"results": results, "details": extras, "temperature": info.get("temperature"),
+           "train": info.get("train"), "method": info.get("method")}
+    write_json(run / RESULTS_JSON, out)
+    atomic_write_text(run / RESULTS_MD, _report(run, out))
+    say(f"results: {run / RESULTS_MD}")
+    print(markdown_table(results))
+    return out
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
+
+
+def _plots(run: Path, split: str, conf: dict[str, list[float]], correct: list[bool], summary: dict) -> None:
+    for name, c in conf.items():
+        reliability_diagram(c, correct, run / "plots" / f"reliability-{split}-{_slug(name)}.png", f"{name} ({split})")
+    comparison_chart(summary, run / "plots" / f"calibration-{split}.png",
+                     f"Confidence methods on the {split} split (n={len(correct)})")
+
+
+def _report(run: Path, out: dict) -> str:
+    train = out.get("train") or {}
+    lines = ["# Calibration tuning results", "",
+             f"Method: {out.get('method')}; trained on {train.get('queries')} graded answers "
+             f"({train.get('share_correct', 0):.1%} correct, balance: {train.get('balance')}); "
+             f"temperature {out.get('temperature')}.", "",
+             "Answer accuracy is the same for every method (they score the same answers); ECE uses 10 "
+             "equal-width bins over the top-label confidence.", "",
+             markdown_table(out["results"]), ""]
+    for split in out["results"]:
+        lines += [f"![{split}](plots/calibration-{split}.png)", ""]
+        unparsed = out["details"].get(split, {}).get("verbalized_unparsed")
+        if unparsed is not None:
+            lines += [f"- {split}: {unparsed} verbalized replies had no usable number and were scored 0.5", ""]
+    return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""Small post-hoc fits on held-out scores: temperature scaling and a linear probe.
+
+Temperature scaling (Guo et al., 2017) divides the tuned model's logit margin by one scalar T fitted
+on the validation split; it changes confidence, never the ranking (AUROC is unchanged). The probe is
+the lightweight alternative to tuning: logistic regression on the frozen model's final hidden state
+at the query position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_temperature(margins: torch.Tensor, correct: torch.Tensor) -> float:
+    """The T > 0 minimising the NLL of sigmoid(margin / T) on (margins, correct)."""
+    # Scores come from inference mode; clones are ordinary tensors autograd may use.
+    margins, y = margins.detach().clone().float(), correct.detach().clone().float()
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(margins / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    return min(max(t, 1e-2), 1e2)  # a degenerate split can drive T to 0 or infinity: keep it usable
+
+
+@dataclass
+class Probe:
+    weight: torch.Tensor  # [hidden]
+    bias: torch.Tensor  # []
+    mean: torch.Tensor  # feature standardisation, fitted on the training split
+    std: torch.Tensor
+
+    def margin(self, hidden: torch.Tensor) -> torch.Tensor:
+        return ((hidden.float() - self.mean) / self.std) @ self.weight + self.bias
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save
+
+        from tuneforge.train.checkpoint import atomic_write_bytes
+
+        tensors = {"weight": self.weight, "bias": self.bias.reshape(1), "mean": self.mean, "std": self.std}
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+    @classmethod
+    def load(cls, path: Path) -> "Probe":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["weight"], t["bias"].reshape(()), t["mean"], t["std"])
+
+
+def fit_probe(hidden: torch.Tensor, correct: torch.Tensor, sample_weight: torch.Tensor | None = None,
+              steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-2, seed: int = 0) -> Probe:
+    """Weighted logistic regression on standardised features (full batch, AdamW; small and fast)."""
+    x = hidden.detach().clone().float()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = correct.detach().clone().float()
+    w = sample_weight.detach().clone().float() if sample_weight is not None else torch.ones_like(y)
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(x.shape[1], generator=gen) * 0.01).requires_grad_()
+    bias = torch.zeros((), requires_grad=True)
+    opt = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = (F.binary_cross_entropy_with_logits(x @ weight + bias, y, reduction="none") * w).sum() / w.sum()
+            loss.backward()
+            opt.step()
+    return Probe(weight.detach(), bias.detach(), mean, std)
