@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo calibration-demo test test-slow bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: setup
 	$(BIN)/tuneforge models default
 	$(BIN)/tuneforge data demo data/generated/dates --n-train 2000 --n-val 200
 	$(BIN)/tuneforge train examples/demo.yaml --overwrite
+
+# Calibration tuning on real questions (docs/calibration.md has the measured table): ~25 min on 2 cores.
+calibration-demo: setup
+	$(BIN)/tuneforge models default
+	$(BIN)/tuneforge data calibration data/generated/calibration --per-source 300 --n-shift 200
+	$(BIN)/tuneforge train examples/calibration.yaml --overwrite
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

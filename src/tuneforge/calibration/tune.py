@@ -113,8 +113,7 @@ def tune_stage(cfg: Config, run: Path, resume: bool = False) -> dict:
         texts = [query_text(tokenizer, g.question, g.answer, spec) for g in train_items]
         _, hidden = score_queries(model, tokenizer, texts, spec, cal.batch_size, amp, want_hidden=True)
         y = torch.tensor([g.correct for g in train_items])
-        weights = torch.where(y, len(y) / (2 * right), len(y) / (2 * wrong)) if cal.balance != "none" else None
-        fit_probe(hidden, y, weights, seed=cfg.seed).save(run / PROBE_FILE)
+        fit_probe(hidden, y, balanced=cal.balance != "none", seed=cfg.seed).save(run / PROBE_FILE)
         probe_info = PROBE_FILE
 
     from tuneforge.models.methods import METHODS
