@@ -69,17 +69,12 @@ def encode_items(items: list[Graded], tokenizer, spec: QuerySpec, max_length: in
 
 
 def tune_stage(cfg: Config, run: Path, resume: bool = False) -> dict:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from tuneforge.data.render import setup_chat_template
     from tuneforge.models.load import load_model_and_tokenizer
-    from tuneforge.models.methods import apply_method, count_parameters
     from tuneforge.recipes.calibration import load_run_graded, say
-    from tuneforge.recipes.sft import choose_attention, save_artifact, should_compile
-    from tuneforge.train.forward import compile_blocks
-    from tuneforge.train.loop import train_loop
-    from tuneforge.train.precision import resolve_precision
+    from tuneforge.recipes.sft import prepare_model, save_artifact, train_method
 
     cal = cfg.calibration
     set_seed(cfg.seed)
@@ -100,11 +95,7 @@ def tune_stage(cfg: Config, run: Path, resume: bool = False) -> dict:
     check_both_classes(labels, f"{run}/graded.jsonl (after dropping queries over data.max_length)")
     train = balance(train, labels, cal.balance, cfg.seed)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    device = accelerator.device
-    amp = resolve_precision(cfg.train.precision, device)
-    model.to(device)
-    model.set_attn_implementation(choose_attention(cfg.train.attention, device, max(len(e.ids) for e in train)))
+    accelerator, device, amp = prepare_model(model, cfg, train)
 
     probe_info = None
     if cal.probe:
@@ -116,20 +107,11 @@ def tune_stage(cfg: Config, run: Path, resume: bool = False) -> dict:
         fit_probe(hidden, y, balanced=cal.balance != "none", seed=cfg.seed).save(run / PROBE_FILE)
         probe_info = PROBE_FILE
 
-    from tuneforge.models.methods import METHODS
-
-    if amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
-        model.to(amp)  # as in SFT: the frozen base needs no fp32 master copy
-    model = apply_method(model, cfg.method)
-    trainable, total = count_parameters(model)
-    if should_compile(cfg.train.compile, device, total):
-        say("compiling the decoder blocks (torch.compile; the first steps pay for it)")
-        compile_blocks(model)
-    say(f"tuning {cfg.method.name} on {len(train)} queries ({trainable:,} trainable parameters)")
-    loss_model = CalibrationLoss(model, spec.token_ids, cal.regularizer, cal.regularizer_weight)
+    say(f"tuning {cfg.method.name} on {len(train)} queries")
     started = time.time()
-    result = train_loop(model, train, val, cfg.train, run_dir=run, seed=cfg.seed, pad_id=tokenizer.pad_token_id,
-                        accelerator=accelerator, amp_dtype=amp, resume=resume, log=say, loss_model=loss_model)
+    model, result, trainable, _ = train_method(
+        model, tokenizer, train, val, cfg, run, accelerator, amp, resume, log=say,
+        loss_model_factory=lambda m: CalibrationLoss(m, spec.token_ids, cal.regularizer, cal.regularizer_weight))
     artifact = save_artifact(model, tokenizer, run, cfg.method.name)
 
     temperature = 1.0

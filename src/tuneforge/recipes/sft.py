@@ -48,7 +48,6 @@ def _evaluate(model, tokenizer, val_examples, val_encoded, cfg: Config, device, 
 
 
 def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Path:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     started = time.time()
@@ -76,17 +75,8 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
     create_run_dir(run, overwrite, resume)
     atomic_write_text(run / "config.yaml", dump_config(cfg))  # after every adjustment: what actually runs
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    device = accelerator.device
-    amp = resolve_precision(cfg.train.precision, device)
+    accelerator, device, amp = prepare_model(model, cfg, train.encoded)
     _say(f"model: {model_path} on {device}, compute {'bf16 autocast' if amp else 'fp32'}, method {cfg.method.name}")
-    model.to(device)
-    attention = choose_attention(cfg.train.attention, device, max(len(e.ids) for e in train.encoded))
-    model.set_attn_implementation(attention)
-    if amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
-        # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
-        # in the compute dtype halves its memory and spares autocast a weight cast every forward.
-        model.to(amp)
 
     before_path = run / "eval_before.json"
     before = None
@@ -98,18 +88,8 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
             before = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
             write_json(before_path, before)
 
-    model = apply_method(model, cfg.method)
-    if cfg.train.activation_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    trainable, total = count_parameters(model)
-    if should_compile(cfg.train.compile, device, total):
-        _say("compiling the decoder blocks (torch.compile; the first steps pay for it)")
-        compile_blocks(model)
-    _say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    result = train_loop(model, train.encoded, val.encoded, cfg.train, run_dir=run, seed=cfg.seed,
-                        pad_id=tokenizer.pad_token_id, accelerator=accelerator, amp_dtype=amp, resume=resume,
-                        log=_say)
+    model, result, trainable, total = train_method(model, tokenizer, train.encoded, val.encoded, cfg, run,
+                                                   accelerator, amp, resume)
 
     summary = {
         "model": model_path, "method": cfg.method.name, "trainable_params": trainable, "total_params": total,
@@ -135,6 +115,42 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
         write_report(run, summary)
     accelerator.wait_for_everyone()
     return run
+
+
+def prepare_model(model, cfg: Config, train_encoded) -> tuple:
+    """Accelerator, device and compute dtype; the model moved there with the attention kernel chosen."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    amp = resolve_precision(cfg.train.precision, device)
+    model.to(device)
+    model.set_attn_implementation(choose_attention(cfg.train.attention, device,
+                                                   max(len(e.ids) for e in train_encoded)))
+    if amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
+        # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
+        # in the compute dtype halves its memory and spares autocast a weight cast every forward.
+        model.to(amp)
+    return accelerator, device, amp
+
+
+def train_method(model, tokenizer, train_encoded, val_encoded, cfg: Config, run: Path, accelerator, amp,
+                 resume: bool = False, loss_model_factory=None, log=_say):
+    """Apply the method, run the loop; returns (model, LoopResult, trainable, total parameters)."""
+    model = apply_method(model, cfg.method)
+    if cfg.train.activation_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    if should_compile(cfg.train.compile, accelerator.device, total):
+        log("compiling the decoder blocks (torch.compile; the first steps pay for it)")
+        compile_blocks(model)
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    loss_model = loss_model_factory(model) if loss_model_factory else None
+    result = train_loop(model, train_encoded, val_encoded, cfg.train, run_dir=run, seed=cfg.seed,
+                        pad_id=tokenizer.pad_token_id, accelerator=accelerator, amp_dtype=amp, resume=resume,
+                        log=log, loss_model=loss_model)
+    return model, result, trainable, total
 
 
 def choose_attention(setting: str, device, row_length: int) -> str:
