@@ -1,0 +1,1 @@
+"""Multi-LLM tool agents: trajectories, role examples, the offline tool world, the runtime."""
