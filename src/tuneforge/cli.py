@@ -15,8 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune language models end to end.")
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities: tiny test models, the embedded default.")
 data_app = typer.Typer(no_args_is_help=True, help="Data utilities.")
+agent_app = typer.Typer(no_args_is_help=True, help="Tool-using agents: the tool world, running, evaluating.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(agent_app, name="agent")
 
 
 @app.command()
@@ -39,6 +41,16 @@ def train(
             raise UserError("--resume with recipe: calibration: rerun the unfinished stage instead, "
                             "e.g. tuneforge calibrate CONFIG --stage tune --resume")
         _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite))
+        return
+    if cfg.recipe == "agent":
+        from tuneforge.recipes.agent import run_agent
+
+        if resume:
+            raise UserError("--resume is not supported with recipe: agent yet; rerun with --overwrite")
+        run = run_agent(cfg, overwrite=overwrite)
+        print(f"\nrun directory: {run}\nlayout:        {run / 'agent.json'}")
+        if (run / "agent.md").is_file():
+            print(f"results:       {run / 'agent.md'}")
         return
     from tuneforge.recipes.sft import run_sft
 
@@ -245,6 +257,83 @@ def data_calibration(out: Path = typer.Argument(...),
     q_path, s_path = write_question_sets(out, [m.strip() for m in train.split(",") if m.strip()], per_source,
                                          shift, n_shift, seed)
     print(f"wrote {q_path} and {s_path}")
+
+
+@agent_app.command("world")
+def agent_world(out: Path = typer.Argument(...), n_train: int = typer.Option(2000, min=1),
+                n_test: int = typer.Option(200, min=1), seed: int = typer.Option(0)):
+    """Write the offline tool world's tasks: train, test_id, test_ood (+ the same in ToolBench format)."""
+    from tuneforge.agent.env import read_tasks, write_world
+    from tuneforge.agent.toolbench import write_toolbench
+
+    paths = write_world(out, n_train, n_test, seed)
+    for split, path in paths.items():
+        exported = write_toolbench(read_tasks(path), Path(out) / f"{split}.toolbench.json")
+        print(f"{split}: {path} (ToolBench format: {exported})")
+
+
+@agent_app.command("inspect")
+def agent_inspect(path: Path = typer.Argument(..., help="ToolBench (conversations or chains) or tool-world file")):
+    """Read a trajectory file and report what it holds: tasks, planner steps, decisions, problems."""
+    from tuneforge.agent.evaluate import load_trajectories
+    from tuneforge.agent.toolbench import read_toolbench, summary
+
+    if not _is_toolbench(path):
+        print(load_trajectories(path)[1])
+        return
+    _, report = read_toolbench(path, "keep")
+    print(summary(report))
+    for p in report.problems[:20]:
+        print(f"  {p.where} turn {p.index}: {p.reason}")
+    if len(report.problems) > 20:
+        print(f"  ... {len(report.problems) - 20} more")
+
+
+def _is_toolbench(path: Path) -> bool:
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    head = path.read_text(encoding="utf-8")[:20000]
+    return '"conversations"' in head or '"chains"' in head
+
+
+@agent_app.command("run")
+def agent_run(run: Path = typer.Argument(..., help="agent run directory"),
+              instruction: str = typer.Argument(..., help="the task"),
+              single: bool = typer.Option(False, "--single", help="the single-model baseline plays every role"),
+              max_steps: int = typer.Option(8, min=1),
+              trace: Optional[Path] = typer.Option(None, help="trace file (default RUN/traces/run-N.jsonl)")):
+    """Run one task with the tool world's tools: planner -> caller -> tool -> ... -> summarizer."""
+    from tuneforge.agent.env import world_registry
+    from tuneforge.agent.models import RoleModels
+    from tuneforge.agent.roles import TaskHeader
+    from tuneforge.agent.runtime import AgentRuntime, write_traces
+
+    models = RoleModels(run, single_model=single)
+    registry = world_registry()
+    runtime = AgentRuntime(models, registry, single_model=single, max_steps=max_steps, tokenizer=models.tokenizer)
+    episode = runtime.run([TaskHeader(instruction, registry.specs())])[0]
+    for entry in episode.trace:
+        print(f"[{entry['role']}] {entry['reply']}")
+        if entry.get("observation"):
+            print(f"[observation] {entry['observation']}")
+    outcome = "gave up" if episode.gave_up else ("cut off at the step limit" if episode.cut_off else "finished")
+    print(f"\nanswer: {episode.final_answer}\n({outcome}; {episode.steps} steps, "
+          f"{episode.hallucinated_calls} hallucinated calls, {episode.parse_failures} parse failures)")
+    n = len(list((run / "traces").glob("run-*.jsonl"))) if (run / "traces").is_dir() else 0
+    print(f"trace: {write_traces([episode], trace or run / 'traces' / f'run-{n + 1}.jsonl')}")
+
+
+@agent_app.command("eval")
+def agent_eval(run: Path = typer.Argument(..., help="agent run directory"),
+               tests: List[Path] = typer.Argument(..., help="ToolBench or tool-world trajectory files"),
+               max_tasks: int = typer.Option(100, min=1, help="tasks per file"),
+               max_steps: int = typer.Option(8, min=1, help="step limit of an end-to-end episode"),
+               max_length: int = typer.Option(2048, min=64, help="prompt budget in tokens (oldest steps drop first)")):
+    """Step-wise metrics (plan accuracy, action EM, hallucination, argument F1, ROUGE-L) and, on tool-world
+    files, end-to-end success: single model vs three roles, as agent.md, agent_results.json and charts."""
+    from tuneforge.agent.evaluate import evaluate_run
+
+    evaluate_run(run, [str(t) for t in tests], max_tasks=max_tasks, max_steps=max_steps, max_length=max_length)
 
 
 def main() -> None:

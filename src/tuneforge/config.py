@@ -200,8 +200,40 @@ class CalibrationConfig(Strict):
         return v
 
 
+class StageTrain(Strict):
+    """Training settings of one agent stage or role; unset keys fall back to the `train` section."""
+
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] | None = None
+
+
+class AgentConfig(Strict):
+    """Multi-LLM agent (recipe: agent): global fine-tuning of a backbone on whole trajectories, then a
+    planner, a caller and a summarizer each fine-tuned from it on its own tokens."""
+
+    roles: list[Literal["planner", "caller", "summarizer"]] = Field(
+        default_factory=lambda: ["planner", "caller", "summarizer"])
+    global_stage: StageTrain = Field(default_factory=StageTrain, description="stage 1: the backbone")
+    local_stage: StageTrain = Field(default_factory=StageTrain, description="stage 2: each role, unless overridden")
+    role_stage: dict[Literal["planner", "caller", "summarizer"], StageTrain] = Field(
+        default_factory=dict, description="stage 2 settings of one role, e.g. {caller: {max_steps: 40}}")
+    baseline: bool = Field(True, description="also train the single-model baseline: the backbone trained on the "
+                                             "same data for the same total number of steps")
+    bad_steps: Literal["skip", "reject"] = Field(
+        "skip", description="trajectories with a step that has no decision, a call to an unlisted tool or "
+                            "malformed JSON: skip them (counted and reported) or stop with the first one")
+    max_observation_chars: int = Field(1500, ge=50, description="longer tool observations are cut in prompts")
+    test: list[str] = Field(default_factory=list, description="trajectory files for the evaluation after training")
+    eval_max_tasks: int | None = Field(100, ge=1, description="tasks per test file (static and end-to-end)")
+    episode_max_steps: int = Field(8, ge=1, description="planner turns before an episode is cut off")
+    max_new_tokens: int = Field(96, ge=8)
+
+
 class Config(Strict):
-    recipe: Literal["sft", "calibration"] = "sft"
+    recipe: Literal["sft", "calibration", "agent"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42
@@ -210,6 +242,7 @@ class Config(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
 
     @field_validator("method", mode="before")
     @classmethod
@@ -237,6 +270,7 @@ class Config(Strict):
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "calibration": CalibrationConfig,
+    "agent": AgentConfig,
     **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()},
 }
 
@@ -333,6 +367,8 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         value = getattr(getattr(cfg, section), field)
         if value and not Path(value).is_absolute() and (base / value).exists():
             setattr(getattr(cfg, section), field, str((base / value).resolve()))
+    cfg.agent.test = [str((base / t).resolve()) if not Path(t).is_absolute() and (base / t).exists() else t
+                      for t in cfg.agent.test]
     return cfg
 
 

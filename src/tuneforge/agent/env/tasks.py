@@ -535,6 +535,9 @@ TRAIN_TOOLS: tuple[str, ...] = tuple(t for t in WORLD_TOOLS if t not in HELD_OUT
 def _build(template: Template, rng: random.Random, registry: ToolRegistry) -> tuple[str, list[Step], str | None, Any]:
     rec = _Recorder(registry)
     instruction, final, gold = template.build(rng, rec)
+    for step in rec.steps:
+        if step.decision == "finish":
+            step.final_answer = final  # the summarizer's target lives on its step
     called = {s.call.name for s in rec.steps if s.call is not None}
     if not called <= set(template.tools):  # a template bug
         raise RuntimeError(f"template {template.name} called {sorted(called)} but declares {template.tools}")
@@ -672,6 +675,7 @@ def trajectory_to_dict(t: Trajectory) -> dict:
                                                      "raw_arguments": s.call.raw_arguments},
                 "observation": s.observation,
                 "notes": list(s.notes),
+                "final_answer": s.final_answer,
             }
             for s in t.steps
         ],
@@ -715,7 +719,8 @@ def trajectory_from_dict(d: dict, where: str = "") -> Trajectory:
                         raw_arguments=_need(c, "raw_arguments", str, wc, True) or "")
         steps.append(Step(thought=_need(s, "thought", str, w, True) or "", decision=decision, call=call,
                           observation=_need(s, "observation", str, w, True),
-                          notes=list(_need(s, "notes", list, w, True) or [])))
+                          notes=list(_need(s, "notes", list, w, True) or []),
+                          final_answer=_need(s, "final_answer", str, w, True)))
     return Trajectory(
         instruction=_need(d, "instruction", str, here),
         tools=tools,

@@ -1,0 +1,71 @@
+"""Who writes each role's reply: adapters on one shared base, per-role model folders, or one model.
+
+A LoRA-style agent run keeps the stage-1 backbone merged into one base folder and one adapter per
+role on it: three roles for the memory of one model plus three small adapters, switched per turn.
+Full fine-tuning gives one model folder per role.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.data.formats import Segment
+from tuneforge.errors import UserError
+from tuneforge.eval.generate import generate
+
+AGENT_FILE = "agent.json"  # written by the recipe: where the backbone, roles and baseline live
+
+
+def read_agent_layout(run: Path) -> dict:
+    path = Path(run) / AGENT_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: {run} is not a finished agent run (train one with recipe: agent)")
+    return json.loads(path.read_text())
+
+
+def _messages(segments: list[Segment]) -> list[dict]:
+    return [{"role": s.role, "content": s.text} for s in segments]
+
+
+class RoleModels:
+    """generate(role, prompts) for the runtime and the static evaluation."""
+
+    def __init__(self, run: Path, single_model: bool = False, max_new_tokens: int = 96, batch_size: int = 8):
+        from tuneforge.models.merge import load_for_inference
+
+        layout = read_agent_layout(run)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.single_model = single_model
+        self._set = None
+        self._models: dict[str, tuple] = {}
+        run = Path(run)
+        if single_model:
+            if not layout.get("single"):
+                raise UserError(f"{run} has no single-model baseline (agent.baseline was off)")
+            self._models["backbone"] = load_for_inference(run / layout["single"])
+        elif layout["adapters"]:
+            from tuneforge.models.adapters import AdapterSet
+
+            self._set = AdapterSet(str(run / layout["base"]), {r: run / p for r, p in layout["roles"].items()})
+        else:
+            for role, path in layout["roles"].items():
+                self._models[role] = load_for_inference(run / path)
+        self.roles = list(layout["roles"])
+
+    @property
+    def tokenizer(self):
+        return self._set.tokenizer if self._set else next(iter(self._models.values()))[1]
+
+    def __call__(self, role: str, prompts: list[list[Segment]]) -> list[str]:
+        messages = [_messages(p) for p in prompts]
+        kwargs = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        if self.single_model:
+            model, tok = self._models["backbone"]
+            return generate(model, tok, messages, **kwargs)
+        if self._set is not None:
+            with self._set.use(role) as model:
+                return generate(model, self._set.tokenizer, messages, **kwargs)
+        model, tok = self._models[role]
+        return generate(model, tok, messages, **kwargs)

@@ -1,0 +1,161 @@
+"""The agent runtime, the step-wise evaluation and the agent recipe end to end on a tiny model."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, write_config
+from tuneforge.agent.env import generate_tasks, world_registry
+from tuneforge.agent.evaluate import static_predictions
+from tuneforge.agent.roles import TaskHeader, render_call, render_plan, render_step, target
+from tuneforge.agent.runtime import AgentRuntime
+from tuneforge.agent.trajectory import Call
+from tuneforge.eval.agent_metrics import step_metrics
+
+
+def _task(tools=("add", "multiply")):
+    registry = world_registry()
+    return TaskHeader("What is (2 + 3) times 4?", registry.specs(list(tools)))
+
+
+class Scripted:
+    """A fake model: per role, a queue of replies (the runtime batches, so replies are popped in order)."""
+
+    def __init__(self, **replies):
+        self.replies = {role: list(r) for role, r in replies.items()}
+        self.prompts = []
+
+    def __call__(self, role, prompts):
+        self.prompts.append((role, prompts))
+        return [self.replies[role].pop(0) for _ in prompts]
+
+
+def test_runtime_runs_planner_caller_summarizer_with_real_tools():
+    fake = Scripted(planner=["Add first.\nNext: caller", "Now multiply.\nNext: caller", "Done.\nNext: conclusion"],
+                    caller=['Action: add\nAction Input: {"a": 2, "b": 3}',
+                            'Action: multiply\nAction Input: {"a": 5, "b": 4}'],
+                    summarizer=["The answer is 20."])
+    ep = AgentRuntime(fake, world_registry()).run([_task()])[0]
+    assert ep.final_answer == "The answer is 20." and not ep.gave_up and ep.steps == 3
+    assert [s.observation for s in ep.history[:2]] == ["5", "20"]
+    assert ep.hallucinated_calls == ep.parse_failures == 0
+    # the caller saw the planner's thought of its own step
+    caller_prompt = fake.prompts[1][1][0]
+    assert caller_prompt[-1].text == render_plan("Add first.", "call")
+
+
+def test_hallucinated_tool_and_malformed_json_become_observations_not_crashes():
+    fake = Scripted(planner=["Go.\nNext: caller", "Again.\nNext: caller", "Once more.\nNext: caller",
+                             "Stop.\nNext: give up"],
+                    caller=['Action: divide\nAction Input: {"a": 1, "b": 2}',  # exists in the world, not in the task
+                            "Action: add\nAction Input: {a: 2,}",
+                            "I would like to add numbers"])
+    ep = AgentRuntime(fake, world_registry()).run([_task()])[0]
+    assert ep.gave_up and ep.final_answer is None
+    assert ep.hallucinated_calls == 1 and ep.parse_failures == 2
+    assert "error" in ep.history[0].observation and "error" in ep.history[1].observation
+
+
+def test_step_limit_cuts_an_episode_and_single_model_mode_parses_backbone_replies():
+    loop = Scripted(planner=["Think.\nNext: caller"] * 3, caller=['Action: add\nAction Input: {"a": 1, "b": 1}'] * 3)
+    ep = AgentRuntime(loop, world_registry(), max_steps=3).run([_task()])[0]
+    assert ep.cut_off and ep.steps == 3
+    single = Scripted(backbone=['Add.\nNext: caller\nAction: add\nAction Input: {"a": 2, "b": 3}',
+                                "Have it.\nNext: conclusion\nIt is 5."])
+    ep = AgentRuntime(single, world_registry(), single_model=True).run([_task()])[0]
+    assert ep.final_answer == "It is 5." and ep.history[0].observation == "5"
+
+
+def test_runtime_batches_episodes_by_role():
+    fake = Scripted(planner=["Stop.\nNext: give up"] * 3)
+    eps = AgentRuntime(fake, world_registry()).run([_task(), _task(), _task()])
+    assert all(e.gave_up for e in eps) and len(fake.prompts) == 1 and len(fake.prompts[0][1]) == 3
+
+
+def test_static_evaluation_of_a_perfect_agent_scores_perfectly():
+    tasks = [t for t in generate_tasks(6, seed=1, split="train") if t.meta["gold_answer"] is not None][:4]
+    steps = [(t, i) for t in tasks for i, s in enumerate(t.steps)]
+
+    class Oracle:
+        def __call__(self, role, prompts):
+            out = []
+            for segs in prompts:
+                # find the gold step whose context this is: match on instruction and history length
+                t, i = next((t, i) for t, i in steps if segs[1].text == t.instruction
+                            and sum(1 for s in segs if s.role == "assistant") - (role in ("caller", "summarizer")) == i)
+                out.append(target(role, t.steps[i]))
+            return out
+
+    for single in (False, True):
+        m = step_metrics(static_predictions(Oracle(), tasks, single))
+        assert m["plan_accuracy"] == 1.0 and m["action_em"] == 1.0 and m["argument_f1"] == 1.0
+        assert m["hallucination_rate"] == 0.0 and m["rouge_l"] == 1.0
+
+
+def test_backbone_history_rendering_is_what_the_backbone_writes():
+    t = generate_tasks(3, seed=0, split="train")[0]
+    step = t.steps[0]
+    assert render_step(step).endswith(render_call(step.call))
+    assert target("backbone", step) == render_step(step)
+    assert target("caller", step) == render_call(Call(step.call.name, step.call.arguments))
+
+
+# ---------------------------------------------------------------- recipe, end to end
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    from tuneforge.agent.env import write_world
+
+    return write_world(root, n_train=24, n_test=4, seed=0)
+
+
+def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path, tiny_llama, world, capsys):
+    cfg = write_config(tmp_path / "agent.yaml", tiny_llama, world["train"], tmp_path / "run", recipe="agent",
+                       data={"max_length": 2048}, train={"max_steps": 2, "batch_tokens": 4096},
+                       agent={"global_stage": {"max_steps": 2}, "local_stage": {"max_steps": 1},
+                              "test": [str(world["test_id"]), str(world["test_ood"])], "eval_max_tasks": 2,
+                              "episode_max_steps": 2, "max_new_tokens": 8})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    run = tmp_path / "run"
+    layout = json.loads((run / "agent.json").read_text())
+    assert layout["steps"] == {"global": 2, "local": 3, "single": 5}  # the baseline gets the same total steps
+    assert set(layout["roles"]) == {"planner", "caller", "summarizer"}
+    assert (run / "global" / "merged" / "config.json").is_file()
+    for role in layout["roles"].values():
+        cfg_json = json.loads((run / role / "adapter_config.json").read_text())
+        assert cfg_json["base_model_name_or_path"].endswith("global/merged")
+    results = json.loads((run / "agent_results.json").read_text())
+    for rows in results.values():
+        assert set(rows) == {"single model", "three roles"}
+        for metrics in rows.values():
+            assert {"plan_accuracy", "action_em", "hallucination_rate", "argument_f1", "success_rate"} <= set(metrics)
+    assert "three roles" in (run / "agent.md").read_text()
+    traces = list((run / "traces").glob("*.jsonl"))
+    assert len(traces) == 4
+    first = json.loads(traces[0].read_text().splitlines()[0])
+    assert first["trace"] and {"role", "reply"} <= set(first["trace"][0])
+
+    code, out, err = run_cli(["agent", "run", run, "What is 2 plus 2?", "--max-steps", "1"], capsys)
+    assert code == 0, err
+    assert "trace:" in out
+
+
+def test_agent_inspect_reports_the_toolbench_counts(capsys):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "toolbench" / "out_of_domain.json"
+    if not path.is_file():
+        pytest.skip("the shared ToolBench data is not next to this checkout")
+    code, out, err = run_cli(["agent", "inspect", path], capsys)
+    assert code == 0, err
+    assert "400 tasks" in out and "1,658 planner steps" in out and "111 no decision" in out
+
+
+def test_agent_recipe_refuses_unmergeable_adapters(tmp_path, tiny_llama, world, capsys):
+    cfg = write_config(tmp_path / "agent.yaml", tiny_llama, world["train"], tmp_path / "run", recipe="agent",
+                       method="bottleneck")
+    code, _, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and "cannot be merged" in err and not (tmp_path / "run").exists()
