@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo calibration-demo test test-slow bench clean
+.PHONY: setup demo calibration-demo agent-demo test test-slow bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ calibration-demo: setup
 	$(BIN)/tuneforge models default
 	$(BIN)/tuneforge data calibration data/generated/calibration --per-source 300 --n-shift 200
 	$(BIN)/tuneforge train examples/calibration.yaml --overwrite
+
+# Three-role agent vs single model on the offline tool world (docs/agent.md has the measured table).
+agent-demo: setup
+	$(BIN)/tuneforge models default
+	$(BIN)/tuneforge agent world data/generated/toolworld --n-train 400 --n-test 50
+	$(BIN)/tuneforge train examples/agent.yaml --overwrite
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

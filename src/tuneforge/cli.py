@@ -29,11 +29,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue from the latest checkpoint in the run directory"),
 ):
     """Fine-tune a model as described by CONFIG."""
-    from tuneforge.config import load_config
+    from tuneforge.config import load_config, require_data
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other: pick one")
-    cfg = load_config(config, overrides or [])
+    cfg = require_data(load_config(config, overrides or []), str(config))
     if cfg.recipe == "calibration":
         from tuneforge.recipes.calibration import run_calibration
 
@@ -41,6 +41,12 @@ def train(
             raise UserError("--resume with recipe: calibration: rerun the unfinished stage instead, "
                             "e.g. tuneforge calibrate CONFIG --stage tune --resume")
         _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite))
+        return
+    if cfg.recipe == "preference":
+        from tuneforge.recipes.preference import run_preference
+
+        run = run_preference(cfg, overwrite=overwrite, resume=resume)
+        print(f"\nrun directory: {run}\nreport:        {run / 'report.md'}")
         return
     if cfg.recipe == "agent":
         from tuneforge.recipes.agent import run_agent
@@ -68,10 +74,10 @@ def calibrate(
     resume: bool = typer.Option(False, "--resume", help="with the tune stage: continue from its latest checkpoint"),
 ):
     """Calibration tuning, all stages or one: answer questions, grade, tune the uncertainty query, evaluate."""
-    from tuneforge.config import load_config
+    from tuneforge.config import load_config, require_data
     from tuneforge.recipes.calibration import STAGES, run_calibration
 
-    cfg = load_config(config, overrides or [])
+    cfg = require_data(load_config(config, overrides or []), str(config))
     if cfg.recipe != "calibration":
         raise UserError(f"{config}: recipe is '{cfg.recipe}'; set recipe: calibration (see examples/calibration.yaml)")
     if stage != "all" and stage not in STAGES:
@@ -106,10 +112,10 @@ def compare_methods_cmd(
     out: Optional[Path] = typer.Option(None, help="folder for the runs and the table (default: OUTPUT_DIR-methods)"),
 ):
     """Train the same task with each method and write a comparison table (methods.md/json) and chart."""
-    from tuneforge.config import load_config
+    from tuneforge.config import load_config, require_data
     from tuneforge.recipes.compare import compare_methods
 
-    cfg = load_config(config, overrides or [])
+    cfg = require_data(load_config(config, overrides or []), str(config))
     target = out or Path(cfg.output_dir + "-methods")
     compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], target)
     print(f"table: {target / 'methods.md'}\nchart: {target / 'methods.png'}")

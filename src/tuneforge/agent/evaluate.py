@@ -17,8 +17,10 @@ from tuneforge.errors import UserError
 from tuneforge.eval.agent_metrics import EpisodeResult, StepPrediction, episode_metrics, step_metrics
 
 
-def load_trajectories(path: str | Path, policy: str = "keep") -> tuple[list[Trajectory], str]:
-    """ToolBench files (conversations or chains) or tool-world files; returns trajectories and a summary line."""
+def load_trajectories(path: str | Path, policy: str = "keep", problems: list | None = None
+                      ) -> tuple[list[Trajectory], str]:
+    """ToolBench files (conversations or chains) or tool-world files; returns trajectories and a summary
+    line. Problems found (file, task, turn, reason) are appended to `problems` when given."""
     from tuneforge.agent.env import read_tasks
     from tuneforge.agent.toolbench import read_toolbench, summary
 
@@ -28,6 +30,9 @@ def load_trajectories(path: str | Path, policy: str = "keep") -> tuple[list[Traj
     head = path.read_text(encoding="utf-8")[:20000]
     if '"conversations"' in head or '"chains"' in head:
         trajectories, report = read_toolbench(path, policy)
+        if problems is not None:
+            problems += [{"where": p.where, "turn": p.index, "kind": p.kind, "reason": p.reason}
+                         for p in report.problems]
         return trajectories, summary(report)
     trajectories = read_tasks(path)
     return trajectories, f"{path}: {len(trajectories)} tool-world tasks"

@@ -57,7 +57,7 @@ def _fitted(examples: list[Example], tokenizer, max_length: int) -> list[Example
 
 def _split(trajectories: list[Trajectory], cfg: Config) -> tuple[list[Trajectory], list[Trajectory]]:
     if cfg.data.validation:
-        val, summary = load_trajectories(cfg.data.validation, "skip" if cfg.agent.bad_steps == "skip" else "reject")
+        val, _ = load_trajectories(cfg.data.validation, "skip" if cfg.agent.bad_steps == "skip" else "reject")
         return trajectories, val
     order = list(range(len(trajectories)))
     random.Random(cfg.seed).shuffle(order)
@@ -112,7 +112,8 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
                         "the base the roles share, and this adapter cannot be merged); use lora, dora, ia3, "
                         "freeze or full")
     policy = "skip" if cfg.agent.bad_steps == "skip" else "reject"
-    trajectories, summary = load_trajectories(cfg.data.train, policy)
+    problems: list[dict] = []
+    trajectories, summary = load_trajectories(cfg.data.train, policy, problems)
     say(summary)
     if cfg.data.max_examples:
         trajectories = trajectories[: cfg.data.max_examples]
@@ -120,6 +121,10 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
     base = resolve_model_path(cfg.model)
     create_run_dir(run, overwrite, False)
     atomic_write_text(run / "config.yaml", dump_config(cfg))
+    write_json(run / "data_report.json", {"summary": summary, "policy": policy, "problems": problems})
+    if problems:
+        say(f"{len(problems)} problems in the training trajectories (their tasks are skipped); "
+            f"each with file, task and reason in {run / 'data_report.json'}")
     adapters = method.adapter
 
     # Stage 1: global fine-tuning of the backbone on whole trajectories.
