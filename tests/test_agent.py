@@ -159,3 +159,47 @@ def test_agent_recipe_refuses_unmergeable_adapters(tmp_path, tiny_llama, world, 
                        method="bottleneck")
     code, _, err = run_cli(["train", cfg], capsys)
     assert code == 2 and "cannot be merged" in err and not (tmp_path / "run").exists()
+
+
+def test_agent_world_command_writes_splits_and_toolbench_exports(tmp_path, capsys):
+    from tuneforge.agent.toolbench import read_toolbench
+
+    code, out, err = run_cli(["agent", "world", tmp_path / "w", "--n-train", "10", "--n-test", "3"], capsys)
+    assert code == 0, err
+    for split in ("train", "test_id", "test_ood"):
+        trajectories, report = read_toolbench(tmp_path / "w" / f"{split}.toolbench.json")
+        assert report.problems == [] and len(trajectories) == (10 if split == "train" else 3)
+
+
+def test_bad_training_trajectories_are_reported_and_skipped(tmp_path, tiny_llama, capsys):
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "toolbench" / "raw_data_stage_1.json"
+    if not src.is_file():
+        pytest.skip("the shared ToolBench data is not next to this checkout")
+    train = shutil.copy(src, tmp_path / "raw.json")
+    cfg = write_config(tmp_path / "agent.yaml", tiny_llama, train, tmp_path / "run", recipe="agent",
+                       data={"max_length": 4096, "val_ratio": 0.0}, train={"max_steps": 1},
+                       agent={"roles": ["planner"], "baseline": False, "global_stage": {"max_steps": 1},
+                              "local_stage": {"max_steps": 1}})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert len(report["problems"]) == 9 and all({"where", "turn", "reason"} <= set(p) for p in report["problems"])
+    assert "skipped" in report["summary"]
+    code, out, err = run_cli(["train", cfg, "agent.bad_steps=reject", "--overwrite"], capsys)
+    assert code == 2 and "raw.json: task" in err
+
+
+def test_full_fine_tuning_gives_one_model_folder_per_role(tmp_path, tiny_llama, world, capsys):
+    cfg = write_config(tmp_path / "agent.yaml", tiny_llama, world["train"], tmp_path / "run", recipe="agent",
+                       method="full", data={"max_length": 2048}, train={"max_steps": 1},
+                       agent={"roles": ["planner", "caller"], "baseline": False,
+                              "global_stage": {"max_steps": 1}, "local_stage": {"max_steps": 1}})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    layout = json.loads((tmp_path / "run" / "agent.json").read_text())
+    assert not layout["adapters"] and layout["base"] == "global/model"
+    for path in layout["roles"].values():
+        assert (tmp_path / "run" / path / "config.json").is_file()

@@ -16,9 +16,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="Model utilities: tiny test models, the embedded default.")
 data_app = typer.Typer(no_args_is_help=True, help="Data utilities.")
 agent_app = typer.Typer(no_args_is_help=True, help="Tool-using agents: the tool world, running, evaluating.")
+feedback_app = typer.Typer(no_args_is_help=True, help="User feedback collected by `tuneforge serve`.")
+runs_app = typer.Typer(no_args_is_help=True, help="What each run was: list, show, compare run directories.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(agent_app, name="agent")
+app.add_typer(runs_app, name="runs")
+app.add_typer(feedback_app, name="feedback")
 
 
 @app.command()
@@ -119,6 +123,93 @@ def compare_methods_cmd(
     target = out or Path(cfg.output_dir + "-methods")
     compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], target)
     print(f"table: {target / 'methods.md'}\nchart: {target / 'methods.png'}")
+
+
+@app.command("eval")
+def eval_cmd(
+    config: Path = typer.Argument(..., help="YAML config with a `suites:` list (see examples/eval.yaml)"),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="default|base, run dir, adapter or model "
+                                              "folder, hub id; LABEL=PATH to name it; repeat for side by side"),
+    out: Optional[Path] = typer.Option(None, "--out", help="eval directory (default OUTPUT_DIR/eval)"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="model to compare one --model against"),
+    fail_if_worse: Optional[List[str]] = typer.Option(
+        None, "--fail-if-worse", help="SUITE/METRIC[:TOL] or METRIC[:TOL] (TOL may be N%); exit code 1 when "
+                                      "the --model is worse than --baseline beyond TOL: a promotion gate"),
+    suite: Optional[List[str]] = typer.Option(None, "--suite", help="run only these suites of the config"),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key.path=value config overrides"),
+    lm_eval: Optional[List[str]] = typer.Option(None, "--lm-eval", help="run these lm-evaluation-harness tasks "
+                                                "instead (needs `pip install lm-eval`)"),
+    limit: Optional[int] = typer.Option(None, help="with --lm-eval: examples per task"),
+):
+    """Evaluate models on task suites side by side (Markdown table, JSON, PNG); optionally gate a new run.
+
+    Exit codes: 0 ok, 1 the promotion gate failed, 2 a usage error."""
+    from tuneforge.eval.runner import run_eval_command, run_lm_eval
+
+    if lm_eval:
+        if not model:
+            raise UserError("--lm-eval needs one --model")
+        run_lm_eval(model[0], list(lm_eval), out or Path("runs/lm-eval"), limit)
+        return
+    code = run_eval_command(config, list(model or []), out, baseline, list(fail_if_worse or []), list(suite or []),
+                            list(overrides or []))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def serve(base: Optional[str] = typer.Option(None, help="base model (default: the embedded SmolLM2-135M-Instruct)"),
+          adapter: Optional[List[str]] = typer.Option(None, help="NAME=PATH; repeat: each is a `model` name"),
+          calibration: Optional[Path] = typer.Option(None, help="calibration run: answers may carry a confidence"),
+          host: str = typer.Option("127.0.0.1", help="beyond loopback an API key is required"),
+          port: int = typer.Option(8000),
+          serve_dir: Path = typer.Option(Path("serve"), help="request log, feedback database"),
+          api_key: Optional[str] = typer.Option(None, help="required as Bearer token; or $TUNEFORGE_API_KEY"),
+          max_tokens_limit: int = typer.Option(1024, min=1),
+          max_prompt_tokens: int = typer.Option(4096, min=1),
+          max_batch: int = typer.Option(8, min=1, help="concurrent requests sharing one generation")):
+    """Serve models behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models),
+    with /metrics (Prometheus), /health and /v1/feedback."""
+    from tuneforge.models.adapters import parse_adapter_flags
+    from tuneforge.serve.app import serve as run_server
+
+    run_server(base, parse_adapter_flags(adapter or []), calibration, host=host, port=port, serve_dir=serve_dir,
+               api_key=api_key, max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
+               max_batch=max_batch)
+
+
+@feedback_app.command("export")
+def feedback_export(out: Path = typer.Argument(..., help="preference pairs JSONL (prompt, chosen, rejected)"),
+                    serve_dir: Path = typer.Option(Path("serve"), help="the serve directory holding feedback.sqlite")):
+    """Turn stored ratings and preferred/rejected responses into DPO pairs for recipe: preference."""
+    from tuneforge.serve.store import export_preferences
+
+    n_pairs, n_skipped = export_preferences(serve_dir, out)
+    print(f"wrote {n_pairs} preference pairs to {out} ({n_skipped} skipped: identical, repeated or empty)")
+
+
+@runs_app.command("list")
+def runs_list(root: Path = typer.Argument(Path("runs"), help="folder holding run directories")):
+    """Every run under ROOT: recipe, method, model, data, steps, key metrics."""
+    from tuneforge.runs_index import format_run_list, list_runs
+
+    print(format_run_list(list_runs(root)))
+
+
+@runs_app.command("show")
+def runs_show(run: Path = typer.Argument(...)):
+    """What one run was and what it measured."""
+    from tuneforge.runs_index import show_run
+
+    print(show_run(run))
+
+
+@runs_app.command("compare")
+def runs_compare(runs: List[Path] = typer.Argument(..., help="two or more run directories")):
+    """Runs side by side, with the config keys that differ."""
+    from tuneforge.runs_index import compare_runs
+
+    print(compare_runs(runs))
 
 
 @app.command()
@@ -350,7 +441,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a typer.Exit(n) comes back as n in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -74,36 +74,47 @@ def plan_micro_batches(lengths: list[int], batch_tokens: int, row_length: int, p
     return batches
 
 
+def positions(n: int, restarts: list[int] | None = None) -> torch.Tensor:
+    """0..n-1, restarting at 0 at each offset in `restarts` (several sequences in one Encoded)."""
+    pos = torch.arange(n)
+    for at in sorted(restarts or ()):
+        if 0 < at < n:
+            pos[at:] -= pos[at].clone()
+    return pos
+
+
 def collate(rows: list[list[int]], encoded: list[Encoded], pad_id: int,
             extra_fields: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """input_ids / position_ids / target_mask tensors of shape [rows, longest row].
 
     `extra_fields` asks for what a non-default loss needs: "target_weight" (each token carries its
-    example's weight) and "aux_mask" (the examples' aux_mask positions).
+    example's weight) and any named position mask: "aux_mask" or a key of `Encoded.masks` (False
+    where an example lacks it). Position ids restart at every example and at its `restarts`.
     """
     width = max(sum(len(encoded[i].ids) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     weight = torch.zeros((len(rows), width)) if "target_weight" in extra_fields else None
-    aux = torch.zeros((len(rows), width), dtype=torch.bool) if "aux_mask" in extra_fields else None
+    named = {name: torch.zeros((len(rows), width), dtype=torch.bool)
+             for name in extra_fields if name != "target_weight"}
     for r, row in enumerate(rows):
         at = 0
         for i in row:
             e = encoded[i]
             n = len(e.ids)
             ids[r, at:at + n] = torch.tensor(e.ids)
-            pos[r, at:at + n] = torch.arange(n)
+            pos[r, at:at + n] = positions(n, e.restarts)
             mask[r, at:at + n] = torch.tensor(e.mask)
             if weight is not None:
                 weight[r, at:at + n] = e.weight
-            if aux is not None and e.aux_mask is not None:
-                aux[r, at:at + n] = torch.tensor(e.aux_mask)
+            for name, tensor in named.items():
+                values = e.named_mask(name)
+                if values is not None:
+                    tensor[r, at:at + n] = torch.tensor(values)
             at += n
         pos[r, at:] = torch.arange(width - at)  # the pad tail is its own sequence: nothing attends to it
     batch = {"input_ids": ids, "position_ids": pos, "target_mask": mask}
     if weight is not None:
         batch["target_weight"] = weight
-    if aux is not None:
-        batch["aux_mask"] = aux
-    return batch
+    return batch | named

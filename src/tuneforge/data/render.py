@@ -29,10 +29,22 @@ class Encoded:
     truncated: bool = False
     weight: float = 1.0  # loss weight of this example's targets (class balancing)
     aux_mask: list[bool] | None = None  # extra positions a loss may use (calibration: the proposed answer)
+    # More named position masks a loss may ask for (data.pack.collate emits any requested name), e.g.
+    # the chosen / rejected response tokens of a preference pair.
+    masks: dict[str, list[bool]] | None = None
+    # Offsets where position ids restart at 0: one Encoded holding several sequences that must not
+    # attend to each other (a preference pair: [prompt + chosen][prompt + rejected]).
+    restarts: list[int] | None = None
 
     @property
     def n_targets(self) -> int:
         return sum(self.mask)
+
+    def named_mask(self, name: str) -> list[bool] | None:
+        """The position mask called `name` ("aux_mask" or a key of `masks`); None if this example has none."""
+        if name == "aux_mask":
+            return self.aux_mask
+        return (self.masks or {}).get(name)
 
 
 def setup_chat_template(tokenizer, template: str | None, source: str) -> None:
