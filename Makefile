@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo calibration-demo agent-demo test test-slow bench clean
+.PHONY: setup demo calibration-demo agent-demo test test-slow bench bench-serve clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: setup
 	$(BIN)/python -m pip install -q --no-deps -r bench/requirements.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_generate.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_serve.py
+
+# The load test of `tuneforge serve` alone (docs/lifecycle.md has its numbers).
+bench-serve: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs data/generated .pytest_cache

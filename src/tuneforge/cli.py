@@ -25,6 +25,23 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(feedback_app, name="feedback")
 
 
+@app.callback()
+def _global_options(
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="also load pickle weights (.bin/.pt) of "
+                                      "models and adapters; unpickling runs code, so only for files you trust "
+                                      "(or set TUNEFORGE_ALLOW_PICKLE=1)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a model repo run its own "
+                                           "Python code when loading (or set TUNEFORGE_TRUST_REMOTE_CODE=1)"),
+):
+    """Fine-tune language models end to end."""
+    from tuneforge.models.load import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
+
+    if allow_pickle:
+        os.environ[ALLOW_PICKLE_ENV] = "1"
+    if trust_remote_code:
+        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config file"),
@@ -459,3 +476,7 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(1)
         raise
+
+
+if __name__ == "__main__":  # `python -m tuneforge.cli`, e.g. under torchrun
+    main()

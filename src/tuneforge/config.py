@@ -147,6 +147,13 @@ class TrainConfig(Strict):
                             "when a C/C++ compiler is present (CPU) or on CUDA")
     frozen_base_dtype: Literal["auto", "fp32"] = Field(
         "auto", description="auto: adapter methods keep the frozen base in the compute dtype (bf16)")
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="several processes (torchrun / accelerate launch): ddp replicates the model, fsdp "
+                            "shards parameters, gradients and optimizer state; auto: fsdp or DeepSpeed when the "
+                            "accelerate config selects it, else ddp (docs/distributed.md)")
+    nonfinite: Literal["skip", "stop"] = Field(
+        "skip", description="a NaN/inf loss or gradient: skip that batch (no update) or stop with an error")
+    max_nonfinite_skips: int = Field(3, ge=0, description="with nonfinite: skip, stop at the batch after this many")
 
 
 class EvalConfig(Strict):
@@ -324,7 +331,9 @@ def _known_keys(raw: dict, loc: tuple) -> list[str]:
 
 
 def _describe(err: dict, raw: dict) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in METHOD_SCHEMAS))
+    loc = tuple(err["loc"])
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_SCHEMAS:
+        loc = (loc[0], *loc[2:])  # drop the union's tag: method.r, not method.lora.r
     key = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -354,7 +363,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise UserError(f"override '{text}': empty key")
-    return parts, yaml.safe_load(value) if value != "" else None
+    try:
+        return parts, yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as e:
+        raise UserError(f"override '{text}': the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                        "quote it, e.g. key='text'") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

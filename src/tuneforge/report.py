@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.runs import read_metrics, write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 
 
 def plot_loss(run: Path) -> Path | None:
@@ -28,13 +28,9 @@ def plot_loss(run: Path) -> Path | None:
     ax.set_title(run.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    out = run / "plots" / "loss.png"
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    from tuneforge.atomic import atomic_savefig
+
+    return atomic_savefig(fig, run / "plots" / "loss.png")
 
 
 def write_report(run: Path, summary: dict) -> Path:

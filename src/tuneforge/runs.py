@@ -18,7 +18,9 @@ import tempfile
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.train.checkpoint import atomic_write_text, latest_checkpoint
+from tuneforge.atomic import make_shareable_dir
+from tuneforge.train.checkpoint import latest_checkpoint
+from tuneforge.atomic import atomic_write_text
 
 
 def check_run_dir(path: str | Path, overwrite: bool, resume: bool) -> Path:
@@ -84,6 +86,7 @@ def atomic_dir(final: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        make_shareable_dir(tmp)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -123,7 +123,7 @@ def write_results(results: dict, run: Path) -> Path:
     """agent_results.json, agent.md (one table per test file) and a chart per test file."""
     from tuneforge.eval.agent_metrics import comparison_chart, comparison_table
     from tuneforge.runs import write_json
-    from tuneforge.train.checkpoint import atomic_write_text
+    from tuneforge.atomic import atomic_write_text
 
     write_json(run / "agent_results.json", results)
     lines = ["# Agent evaluation", "",

@@ -65,8 +65,9 @@ def _check_role(role: str) -> None:
 def _type_of(schema) -> str:
     if not isinstance(schema, dict):
         return "any"
-    if schema.get("enum"):
-        return "|".join(str(v) for v in schema["enum"])
+    enum = schema.get("enum")
+    if enum:
+        return "|".join(str(v) for v in enum) if isinstance(enum, (list, tuple)) else str(enum)
     kind = schema.get("type", "any")
     if kind == "array":
         return f"list[{_type_of(schema.get('items'))}]"
@@ -84,7 +85,9 @@ def render_signature(parameters) -> str | None:
     props = parameters.get("properties")
     if not isinstance(props, dict):
         return "" if not parameters else None
-    required = set(parameters.get("required") or [])
+    required = parameters.get("required") or []
+    required = {required} if isinstance(required, str) else \
+        {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
     return ", ".join(f"{k}{'' if k in required else '?'}: {_type_of(v)}" for k, v in props.items())
 
 
@@ -427,7 +430,7 @@ def parse_caller(text: str) -> Call | None:
     try:
         value, _ = json.JSONDecoder().raw_decode(raw)
         arguments = value if isinstance(value, dict) else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nested too deep / a number too long for Python
         pass
     return Call(name=name, arguments=arguments, raw_arguments=raw)
 

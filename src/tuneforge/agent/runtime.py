@@ -171,7 +171,7 @@ def _call_dict(call: Call | None) -> dict | None:
 
 def write_traces(episodes: list[Episode], path: Path) -> Path:
     """One JSON line per episode: the task, every role's reply, what was parsed and observed, the outcome."""
-    from tuneforge.train.checkpoint import atomic_write_text
+    from tuneforge.atomic import atomic_write_text
 
     lines = []
     for i, ep in enumerate(episodes):

@@ -33,9 +33,7 @@ step, after the step's conclusion — where ToolBench has the one such turn.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +108,7 @@ def join_thought(thought: str, decision: str | None) -> str:
 def parse_arguments(raw: str) -> dict | None:
     try:
         value = json.loads(raw)
-    except (json.JSONDecodeError, TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None
     return value if isinstance(value, dict) else None
 
@@ -384,14 +382,18 @@ def _from_chains(task: _Task, item: dict, msgs: list) -> Trajectory:
 def _load_items(path: Path) -> list:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    from tuneforge.data.sources import read_text
+
+    text = read_text(path)
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or too deep / too long a number
+        what = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply" \
+            if isinstance(e, RecursionError) else "a number with too many digits"
         try:  # JSON lines
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: not JSON or JSON lines ({e.msg} at line {e.lineno})") from None
+        except (ValueError, RecursionError):
+            raise UserError(f"{path}: not JSON or JSON lines ({what})") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -479,21 +481,10 @@ def to_item(traj: Trajectory) -> dict:
 
 def write_toolbench(trajectories: list[Trajectory], path) -> Path:
     """Write the ``conversations`` layout atomically (a temporary file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump([to_item(t) for t in trajectories], f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    from tuneforge.atomic import atomic_write_text
+
+    text = json.dumps([to_item(t) for t in trajectories], ensure_ascii=False, indent=1) + "\n"
+    return atomic_write_text(path, text)
 
 
 _DECISION_WORDS = {"call": "call", "finish": "finish", "give_up": "give up", None: "no decision"}

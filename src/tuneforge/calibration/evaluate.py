@@ -21,7 +21,7 @@ from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.eval.uncertainty import comparison_chart, markdown_table, reliability_diagram, summarize
 from tuneforge.runs import write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 
 SPLITS = ("test", "shift")
 RESULTS_JSON = "calibration_results.json"

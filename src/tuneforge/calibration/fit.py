@@ -47,7 +47,7 @@ class Probe:
     def save(self, path: Path) -> None:
         from safetensors.torch import save
 
-        from tuneforge.train.checkpoint import atomic_write_bytes
+        from tuneforge.atomic import atomic_write_bytes
 
         tensors = {"weight": self.weight, "bias": self.bias.reshape(1), "mean": self.mean, "std": self.std}
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))

@@ -369,7 +369,7 @@ def load_graded(path: str) -> list[Graded]:
 
 def write_jsonl_atomic(path, rows: list[dict]) -> None:
     """Write rows as JSONL so that a crash leaves the old file or the new one, never half of one."""
-    from tuneforge.train.checkpoint import atomic_write_text  # imports torch: only when writing
+    from tuneforge.atomic import atomic_write_text  # imports torch: only when writing
 
     atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

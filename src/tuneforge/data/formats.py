@@ -77,12 +77,17 @@ def _alpaca(rec: Record, system: str | None) -> list[Segment]:
     if not isinstance(extra, str):
         raise UserError(f"{rec.where}: field 'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    segs = [Segment("system", rec.data.get("system") or system, False)] if (rec.data.get("system") or system) else []
+    own = rec.data.get("system")
+    if own is not None and not isinstance(own, str):
+        raise UserError(f"{rec.where}: field 'system' must be a string, got {type(own).__name__}")
+    segs = [Segment("system", own or system, False)] if (own or system) else []
     return segs + [Segment("user", user, False), Segment("assistant", _need_str(rec, "output"), True)]
 
 
 def _messages(rec: Record, system: str | None) -> list[Segment]:
     key = "messages" if "messages" in rec.data else "conversations"
+    if key not in rec.data:
+        raise UserError(f"{rec.where}: missing field 'messages' (or ShareGPT 'conversations')")
     msgs = rec.data[key]
     if not isinstance(msgs, list) or not msgs:
         raise UserError(f"{rec.where}: field '{key}' must be a non-empty list of messages")

@@ -6,6 +6,7 @@ Parquet and CSV go through `datasets`, as do saved dataset folders and hub ids.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,27 +20,49 @@ class Record:
     where: str  # "file.jsonl:12" or "dataset[3]": used in every error about this record
 
 
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a leading byte-order mark is dropped); other bytes are the user's to fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+
+
+def _loads(text: str, where: str, fix: str = "") -> object:
+    """json.loads, with every way it can fail (syntax, nesting too deep, huge integers) as a UserError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}: not valid JSON ({e.msg}){fix}") from None
+    except (ValueError, RecursionError) as e:
+        reason = ("nested too deeply" if isinstance(e, RecursionError) else
+                  "a number with too many digits" if "digits" in str(e) else (str(e).splitlines() or ["?"])[0])
+        raise UserError(f"{where}: not usable JSON ({reason}){fix}") from None
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
-            records.append(Record(obj, f"{path}:{lineno}"))
+    for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
+        if not line.strip():
+            continue
+        obj = _loads(line, f"{path}:{lineno}", "; fix or remove that line")
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+        records.append(Record(obj, f"{path}:{lineno}"))
     return records
 
 
 def _read_json(path: Path) -> list[Record]:
+    text = read_text(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError):
+        obj = _loads(text, str(path))  # raises the UserError
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
@@ -105,11 +128,11 @@ def read_records(source: str, split: str = "train") -> list[Record]:
 
 
 def _is_json_document(path: Path) -> bool:
-    text = path.read_text(encoding="utf-8").lstrip()
+    text = read_text(path).lstrip()
     if text.startswith("["):
         return True
     try:
         json.loads(text)
         return True
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, or a document json cannot hold
         return False

@@ -267,7 +267,7 @@ def plot_results(results: dict, path: Path) -> Path | None:
 
 def write_results(results: dict, out_dir: Path) -> None:
     from tuneforge.runs import write_json
-    from tuneforge.train.checkpoint import atomic_write_text
+    from tuneforge.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "results.json", results)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -150,22 +149,9 @@ def summarize(confidence: ArrayLike, correct: ArrayLike, coverages: Sequence[flo
 
 
 def _save_png_atomic(fig, path: str | os.PathLike) -> Path:
-    """Save a figure so readers never see a half-written PNG: temp file beside it, then os.replace."""
-    import matplotlib.pyplot as plt
+    from tuneforge.atomic import atomic_savefig
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return path
+    return atomic_savefig(fig, path)
 
 
 def _pyplot():

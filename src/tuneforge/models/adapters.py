@@ -11,7 +11,7 @@ import contextlib
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
+from tuneforge.models.load import check_weights_format, load_model, load_tokenizer, resolve_model_path
 from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, set_bottleneck_enabled
 from tuneforge.models.merge import _locate, check_adapter_fits
 
@@ -56,6 +56,7 @@ class AdapterSet:
             return
         if not (found / "adapter_config.json").is_file():
             raise UserError(f"--adapter {name}={path}: not a PEFT adapter folder (no adapter_config.json)")
+        check_weights_format(found, f"--adapter {name}: adapter folder")
         check_adapter_fits(found, self.base_path)
         if not self.names:
             self.model = PeftModel.from_pretrained(self.model, found, adapter_name=name)

@@ -369,6 +369,9 @@ def save_bottleneck(model: nn.Module, cfg: BottleneckConfig | None, out_dir: str
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "tuneforge": "bottleneck"})
         (tmp / CONFIG_NAME).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
         if fresh:
+            from tuneforge.atomic import make_shareable_dir
+
+            make_shareable_dir(tmp)
             os.replace(tmp, out_dir)
         else:
             os.replace(tmp / WEIGHTS_NAME, out_dir / WEIGHTS_NAME)

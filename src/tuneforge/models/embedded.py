@@ -56,8 +56,8 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
 
     gguf_path = Path(gguf_path)
     d, f = str(gguf_path.parent), gguf_path.name
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f, trust_remote_code=False)
+    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, trust_remote_code=False)
     cfg = m.config
     # save_pretrained refuses a model flagged as GGUF-quantized; the weights are already
     # dequantized to float32, so drop the flag and copy them into a clean Llama model.

@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from tuneforge.errors import UserError
+
+# Loading safety, switched on per process by the CLI's global flags (or these variables set to 1):
+# pickle weights (.bin/.pt) run code when unpickled, and trust_remote_code runs a model repo's Python.
+ALLOW_PICKLE_ENV = "TUNEFORGE_ALLOW_PICKLE"  # tuneforge --allow-pickle ...
+TRUST_REMOTE_CODE_ENV = "TUNEFORGE_TRUST_REMOTE_CODE"  # tuneforge --trust-remote-code ...
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def allow_pickle() -> bool:
+    return _env_flag(ALLOW_PICKLE_ENV)
+
+
+def trust_remote_code() -> bool:
+    return _env_flag(TRUST_REMOTE_CODE_ENV)
+
+
+def check_weights_format(folder: str | Path, what: str = "model folder") -> None:
+    """Refuse a local folder whose weights exist only as pickle files unless --allow-pickle was given:
+    unpickling runs whatever code the file carries. Folders with safetensors weights always pass."""
+    folder = Path(folder)
+    if allow_pickle() or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise UserError(f"{what} {folder} has only pickle weights ({', '.join(pickles[:3])}), which can run "
+                        "code when loaded; convert them to safetensors, or pass --allow-pickle "
+                        "(tuneforge --allow-pickle COMMAND ...) if you trust where they came from")
 
 
 def quiet_transformers() -> None:
@@ -35,12 +67,32 @@ def resolve_model_path(name: str | None) -> str:
     return name  # an HF hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def _from_pretrained(cls, name: str, **kwargs):
+def _from_pretrained(cls, name: str, weights: bool = False, **kwargs):
+    """cls.from_pretrained with the loading-safety defaults: no remote code unless --trust-remote-code,
+    and for model weights (`weights`) safetensors only unless --allow-pickle."""
+    kwargs.setdefault("trust_remote_code", trust_remote_code())
+    if weights and not allow_pickle():
+        check_weights_format(name)
+        kwargs.setdefault("use_safetensors", True)
     try:
         return cls.from_pretrained(name, **kwargs)
     except OSError as e:
         offline = " (the hub is unreachable: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise UserError(f"could not load '{name}'{offline}: {str(e).splitlines()[0]}") from None
+        hint = "; only safetensors weights are loaded unless --allow-pickle is given" \
+            if kwargs.get("use_safetensors") and "safetensors" in str(e) else ""
+        raise UserError(f"could not load '{name}'{offline}: {(str(e).splitlines() or [type(e).__name__])[0]}"
+                        f"{hint}") from None
+    except pickle.UnpicklingError as e:  # even with --allow-pickle, torch unpickles weights only, never code
+        raise UserError(f"could not load '{name}': its pickle weights hold more than tensors, which torch's "
+                        f"weights-only loader refuses ({(str(e).splitlines() or ['?'])[0][:160]})") from None
+
+
+def load_model_config(name: str):
+    """The model's AutoConfig (remote code only with --trust-remote-code)."""
+    from transformers import AutoConfig
+
+    quiet_transformers()
+    return _from_pretrained(AutoConfig, name)
 
 
 def load_tokenizer(name: str):
@@ -64,7 +116,7 @@ def load_model(name: str, dropout: float | None = None, dtype: torch.dtype = tor
                     "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    return _from_pretrained(AutoModelForCausalLM, name, config=config, dtype=dtype)
+    return _from_pretrained(AutoModelForCausalLM, name, weights=True, config=config, dtype=dtype)
 
 
 def load_model_and_tokenizer(name: str | None, dropout: float | None = None):

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
+from tuneforge.models.load import (check_weights_format, load_model, load_model_config, load_tokenizer,
+                                   resolve_model_path)
 from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, read_bottleneck_config
 from tuneforge.models.methods import METHODS
 from tuneforge.runs import atomic_dir
@@ -46,14 +47,12 @@ def adapter_base(adapter_dir: Path) -> str:
 
 def check_adapter_fits(adapter_dir: Path, base_path: str) -> None:
     """Refuse an adapter trained for another architecture or size, naming both, before PEFT hits a shape error."""
-    from transformers import AutoConfig
-
     trained_for = adapter_base(adapter_dir)
     try:
-        want = AutoConfig.from_pretrained(resolve_model_path(trained_for))
+        want = load_model_config(resolve_model_path(trained_for))
     except UserError:
         return  # the original base is not available here: nothing to compare against
-    have = AutoConfig.from_pretrained(base_path)
+    have = load_model_config(base_path)
 
     def shape(c):
         return (c.model_type, getattr(c, "hidden_size", None), getattr(c, "num_hidden_layers", None))
@@ -74,6 +73,7 @@ def load_for_inference(path: str | Path, base: str | None = None):
     elif (found / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        check_weights_format(found, "adapter folder")
         base_path = resolve_model_path(base or adapter_base(found))
         if base:
             check_adapter_fits(found, base_path)

@@ -7,9 +7,6 @@ the format of the embedded default model, so tiny runs exercise the same renderi
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -96,15 +93,9 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) ->
     from tuneforge.models.load import quiet_transformers
 
     quiet_transformers()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    from tuneforge.runs import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

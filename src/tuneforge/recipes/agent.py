@@ -33,7 +33,7 @@ from tuneforge.data.formats import Example
 from tuneforge.errors import UserError
 from tuneforge.models.methods import METHODS
 from tuneforge.runs import check_run_dir, create_run_dir, write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 
 
 def say(msg: str) -> None:

@@ -26,7 +26,7 @@ from tuneforge.calibration.query import answer_messages
 from tuneforge.config import Config, dump_config
 from tuneforge.errors import UserError
 from tuneforge.runs import check_run_dir, create_run_dir, write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 
 STAGES = ("answer", "grade", "tune", "evaluate")
 

@@ -16,7 +16,7 @@ import yaml
 from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.runs import write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 
 # Learning rates that suit each method on small models (soft prompts and IA3 need far larger steps
 # than weight deltas); a config's own train.lr is used for the method it names.

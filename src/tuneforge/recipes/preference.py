@@ -24,7 +24,7 @@ from tuneforge.models.methods import METHODS
 from tuneforge.recipes.sft import peak_memory_gb, prepare_model, save_artifact, train_method
 from tuneforge.report import plot_loss, write_report
 from tuneforge.runs import check_run_dir, create_run_dir, write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 from tuneforge.train.dpo import DPOLoss, evaluate_pairs
 
 

@@ -20,7 +20,7 @@ from tuneforge.models.load import load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
 from tuneforge.runs import atomic_dir, check_run_dir, create_run_dir, write_json
-from tuneforge.train.checkpoint import atomic_write_text
+from tuneforge.atomic import atomic_write_text
 from tuneforge.train.forward import compile_blocks
 from tuneforge.train.loop import train_loop, validation_loss
 from tuneforge.train.precision import resolve_precision
@@ -119,9 +119,9 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
 
 def prepare_model(model, cfg: Config, train_encoded) -> tuple:
     """Accelerator, device and compute dtype; the model moved there with the attention kernel chosen."""
-    from accelerate import Accelerator
+    from tuneforge.train.distributed import make_accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.train)  # DDP, FSDP or DeepSpeed under a multi-process launcher
     device = accelerator.device
     amp = resolve_precision(cfg.train.precision, device)
     model.to(device)

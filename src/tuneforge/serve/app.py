@@ -60,6 +60,7 @@ log = logging.getLogger("tuneforge.serve")
 
 API_KEY_ENV = "TUNEFORGE_API_KEY"
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MIN_TEMPERATURE = 1e-4  # a lower temperature is greedy decoding
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions; chat: the rest of the context
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/feedback", "/health", "/metrics")
 UNLOGGED = ("/health", "/metrics")
@@ -170,7 +171,7 @@ class _Sampling(_Body):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int | None = None
     stop: Any = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2**63, le=2**64 - 1)  # what torch.manual_seed accepts
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
@@ -281,9 +282,14 @@ async def _parse(request: Request, cls: type[BaseModel]):
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
         raise APIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    # Read in pieces and stop at the limit: a chunked upload has no content-length to refuse up front.
+    pieces, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        pieces.append(piece)
+    raw = b"".join(pieces)
     if not raw.strip():
         raise APIError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -293,6 +299,11 @@ async def _parse(request: Request, cls: type[BaseModel]):
                             "The body must be a JSON object.", code="invalid_json") from None
     if not isinstance(obj, dict):
         raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:  # JSON may escape a lone UTF-16 surrogate ("\\ud800"): no tokenizer or database takes one
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the request body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); "
+                            "send valid Unicode text", code="invalid_json") from None
     info = request.scope.get("tuneforge")
     if info is not None and isinstance(obj.get("model"), str):
         info["model"] = obj["model"][:200]  # for the request log, even if the rest is invalid
@@ -524,6 +535,9 @@ def create_app(models, serve_dir: Path, api_key: str | None = None, max_tokens_l
             prompt = question = req.prompt
             prompt_param = "prompt"
         prompt_tokens = models.count_tokens(prompt, raw=not chat)
+        if prompt_tokens == 0:
+            raise APIError(400, "The prompt is empty: there is nothing to continue.", param=prompt_param,
+                           code="invalid_value")
         if prompt_tokens > max_prompt_tokens:
             raise APIError(400, f"The prompt is {prompt_tokens} tokens; this server accepts at most "
                                 f"{max_prompt_tokens}.", param=prompt_param, code="context_length_exceeded")
@@ -544,7 +558,10 @@ def create_app(models, serve_dir: Path, api_key: str | None = None, max_tokens_l
                                 "(tuneforge serve --calibration RUN)", param="tuneforge.confidence")
 
         temperature = 1.0 if req.temperature is None else req.temperature
-        greedy = temperature == 0
+        # Below MIN_TEMPERATURE sampling is argmax anyway, and logits / temperature would overflow to inf.
+        greedy = temperature < MIN_TEMPERATURE
+        if greedy:
+            temperature = 0.0
         key = SamplingKey(model=key_model, max_tokens=max_tokens, temperature=temperature,
                           top_p=1.0 if greedy or req.top_p is None else req.top_p, stop=req.stop,
                           seed=None if greedy else req.seed, raw=not chat)

@@ -16,7 +16,7 @@
 - ratings: for the same prompt (same messages or text, any served model), a response rated higher
   is chosen over one rated lower (a completion's latest rating counts).
 Pairs whose chosen and rejected texts are the same (ignoring surrounding whitespace) teach
-nothing and are skipped; so are repeats of a pair already written and pairs with an empty prompt.
+nothing and are skipped; so are repeats of a pair already written and pairs with an empty prompt or response.
 All are counted as skipped. The output is what `tuneforge.data.preference` reads (a text prompt
 becomes one user message there).
 """
@@ -24,14 +24,13 @@ becomes one user message there).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from itertools import combinations
 from pathlib import Path
 
+from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import UserError
 
 DB_NAME = "feedback.sqlite"
@@ -189,19 +188,13 @@ def export_preferences(serve_dir: str | Path, out_path: str | Path) -> tuple[int
         prompt = json.loads(prompt_json)
         canon = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
         empty = prompt.strip() == "" if isinstance(prompt, str) else not prompt
+        # An empty response (e.g. the model stopped at once) teaches DPO nothing usable either.
+        empty = empty or not chosen.strip() or not rejected.strip()
         if empty or chosen.strip() == rejected.strip() or (canon, chosen, rejected) in seen:
             skipped += 1
             continue
         seen.add((canon, chosen, rejected))
         lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out_path, "".join(line + "\n" for line in lines))
     return len(lines), skipped

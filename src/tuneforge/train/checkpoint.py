@@ -1,7 +1,9 @@
 """Atomic checkpoints: trainable weights, optimizer, scheduler, RNG and data position.
 
 A checkpoint is written into a temporary folder and renamed into place, so a crash at any moment
-leaves either the previous complete checkpoint or the new complete one, never a half-written one.
+leaves either the previous complete checkpoint or the new complete one, never a half-written one;
+old ones are renamed away before they are deleted, for the same reason. Tensors are stored whole
+(gathered from FSDP shards), so a checkpoint resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from tuneforge.atomic import make_shareable_dir
+from tuneforge.errors import UserError
+from tuneforge.train.distributed import copy_full_into, load_optimizer_state
 
 PREFIX = "step-"
 
@@ -26,24 +33,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
     except OSError:
         pass
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict:
@@ -59,30 +48,68 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    progress: dict, keep_last: int) -> Path:
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save; never a valid checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
+def _write(path: Path, write) -> None:
+    """Python file I/O, so a full disk is an OSError with its errno (not a library's own exception)."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    # Test-only hook (tests/test_fault_tolerance.py): widen the window between files so a kill lands mid-save.
+    time.sleep(float(os.environ.get("TUNEFORGE_TEST_SLOW_SAVE", "0")))
+
+
+def _remove(path: Path) -> None:
+    """Rename out of the checkpoint namespace first: a crash mid-delete must not leave a half checkpoint."""
+    doomed = path.with_name(f".tmp-old-{path.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict,
+                    scheduler_state: dict, rng_states: list[dict], progress: dict, keep_last: int) -> Path:
+    """Write checkpoint `step` (whole tensors; rng_states: one per rank). Raises UserError when the disk
+    is full or unwritable, or when a weight is not finite; the previous checkpoint stays as it was."""
     final = ckpt_root / f"{PREFIX}{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=ckpt_root))
+    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    if bad:  # a corrupted checkpoint would poison every resume: refuse it
+        raise UserError(f"refusing to write checkpoint {final}: non-finite values in {', '.join(bad[:3])}; "
+                        "lower train.lr or check the data")
+    tmp = None
     try:
-        save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save; never a valid checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}.", dir=ckpt_root))
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+        _write(tmp / "trainable.safetensors", lambda f: f.write(save(tensors)))
+        _write(tmp / "optimizer.pt", lambda f: torch.save(optimizer_state, f))
+        _write(tmp / "scheduler.pt", lambda f: torch.save(scheduler_state, f))
+        _write(tmp / "rng.pt", lambda f: torch.save(rng_states, f))
         # progress.json is written last: its presence marks a complete checkpoint.
-        (tmp / "progress.json").write_text(json.dumps(progress, indent=1))
+        _write(tmp / "progress.json", lambda f: f.write(json.dumps(progress, indent=1).encode()))
         _fsync_dir(tmp)
+        make_shareable_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(ckpt_root)
+        raise UserError(f"cannot write checkpoint {final} ({e.filename or final}: {e.strerror or e}); "
+                        f"{'the previous checkpoint ' + str(previous) + ' is intact' if previous else 'no checkpoint saved'}"
+                        "; free disk space or make output_dir writable, then rerun with --resume") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            _remove(old)
+        except OSError:
+            pass  # an old checkpoint we could not delete is still a valid one
     return final
 
 
@@ -98,17 +125,24 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything into the given objects; returns the saved progress dict."""
+def read_progress(path: Path) -> dict:
+    return json.loads((path / "progress.json").read_text())
+
+
+def load_checkpoint(path: Path, params: dict[str, torch.Tensor], optimizer, scheduler, rank: int = 0,
+                    world: int = 1) -> dict:
+    """Restore into the given (maybe sharded) parameters, optimizer and scheduler; returns the progress dict."""
     weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
     missing = [k for k in weights if k not in params]
     if missing:
         raise RuntimeError(f"checkpoint {path} has parameters the model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for k, v in weights.items():
-            params[k].copy_(v)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    for k, v in weights.items():
+        copy_full_into(params[k], v)
+    load_optimizer_state(optimizer, torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "progress.json").read_text())
+    rngs = torch.load(path / "rng.pt", weights_only=True)
+    if isinstance(rngs, dict):  # written by a version that kept one state
+        rngs = [rngs]
+    # The same number of processes continues every rank's own random stream; another one starts all from rank 0's.
+    set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+    return read_progress(path)

@@ -1,15 +1,18 @@
 """THE training loop. Every recipe hands it encoded examples; it does the rest.
 
 Read top to bottom: plan the batches, build optimizer and schedule, maybe resume, then for each
-optimizer step run `grad_accum` packed micro-batches, weighting every micro-batch's loss by the
-number of target tokens of the whole step (so accumulation equals one big batch), clip, step,
-log, evaluate, checkpoint.
+optimizer step run `grad_accum` packed micro-batches per process, weighting every micro-batch's loss
+by the number of target tokens of the whole step (so accumulation and N processes equal one big
+batch), skip the step if the loss or gradient is not finite, clip, step, log, evaluate, checkpoint.
+Under several processes (DDP or FSDP, train/distributed.py) every rank plans the same batches and
+runs its own share of each step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,11 @@ from transformers import get_scheduler
 from tuneforge.config import TrainConfig
 from tuneforge.data.pack import collate, plan_micro_batches
 from tuneforge.data.render import Encoded
-from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tuneforge.errors import UserError
+from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, read_progress, rng_state, save_checkpoint
+from tuneforge.train.distributed import (broadcast_object, copy_full_into, full, full_optimizer_state,
+                                         gather_object, local_numel, no_sync, parallel_strategy, shard,
+                                         unshard_into)
 from tuneforge.train.forward import TargetLoss
 from tuneforge.train.precision import autocast
 
@@ -36,17 +43,19 @@ class LoopResult:
     tokens: int = 0  # non-padding tokens of those steps
 
 
-def _param_groups(model, weight_decay: float):
+def _param_groups(params, weight_decay: float):
     # No decay on biases and norm weights (1-D tensors): the usual AdamW practice.
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model, cfg: TrainConfig, device: torch.device):
-    groups = _param_groups(model, cfg.weight_decay)
+def make_optimizer(params, cfg: TrainConfig, device: torch.device):
+    """AdamW over `params`: an iterable of parameters, or a model."""
+    groups = _param_groups(params.parameters() if isinstance(params, torch.nn.Module) else params,
+                           cfg.weight_decay)
     # The fused kernel exists for CPU and CUDA in recent torch; it is bit-for-bit a normal AdamW step.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type in ("cpu", "cuda"))
 
@@ -85,47 +94,97 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     device = accelerator.device
     row_length = max(len(e.ids) for e in train)
     lengths = [len(e.ids) for e in train]
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    strategy = parallel_strategy(cfg, accelerator)
+    say = log if main else (lambda *_: None)
+    trace_dir = os.environ.get("TUNEFORGE_TEST_TRACE")  # test-only: what each rank trained on and saved
+
+    def trace(**event):
+        if trace_dir:
+            with open(Path(trace_dir) / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    resume_from = latest_checkpoint(ckpt_root) if resume else None
+    saved = read_progress(resume_from) if resume_from else {}
+
+    # A step is `micro_per_step` micro-batches whatever the number of processes; a run resumed under
+    # another number keeps its global batch by changing grad_accum.
+    micro_per_step = saved.get("micro_per_step", cfg.grad_accum * world)
+    if micro_per_step % world:
+        raise UserError(f"this run takes {micro_per_step} micro-batches per step, which {world} processes "
+                        "cannot split evenly; resume with a number of processes that divides it")
+    grad_accum = micro_per_step // world
+    if grad_accum != cfg.grad_accum:
+        say(f"{world} processes: grad_accum {grad_accum} keeps the run's {micro_per_step} micro-batches per step")
 
     def epoch_plan(epoch: int) -> list[list[list[int]]]:
         return plan_micro_batches(lengths, cfg.batch_tokens, row_length, cfg.packing, seed=seed + epoch)
 
-    micro_per_step = cfg.grad_accum * world
     plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
     steps_per_epoch = max(1, len(plan) // micro_per_step)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     loss_model = loss_model if loss_model is not None else TargetLoss(model)
     extra_fields = tuple(getattr(loss_model, "extra_fields", ()))
-    optimizer = make_optimizer(model, cfg, device)
+    if strategy == "fsdp":  # a sharded twin trains; `model` gets its weights back at the end
+        loss_model, params = shard(loss_model, model)
+    else:
+        params = dict(model.named_parameters())
+    trainable = {n: p for n, p in params.items() if p.requires_grad}
+    optimizer = make_optimizer(trainable.values(), cfg, device)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
-    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    if strategy != "fsdp":
+        loss_model, optimizer = accelerator.prepare(loss_model, optimizer)  # DDP or DeepSpeed when launched so
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-    progress = {"step": 0, "epoch": 0, "micro_index": 0, "best_val_loss": None, "bad_evals": 0, "tokens": 0}
-    if resume and (ckpt := latest_checkpoint(ckpt_root)):
-        progress = load_checkpoint(ckpt, model, optimizer, scheduler)
-        log(f"resumed from {ckpt.name} (step {progress['step']}/{total_steps})")
-        _truncate_metrics(metrics_path, progress["step"])
+    progress = {"step": 0, "epoch": 0, "micro_index": 0, "best_val_loss": None, "bad_evals": 0, "tokens": 0,
+                "nonfinite_skips": 0, "micro_per_step": micro_per_step}
+    if resume_from:
+        progress |= load_checkpoint(resume_from, trainable, optimizer, scheduler, rank, world)
+        say(f"resumed from {resume_from.name} (step {progress['step']}/{total_steps})")
+        if main:
+            _truncate_metrics(metrics_path, progress["step"])
     best_state = None
 
     def checkpoint():
-        if accelerator.is_main_process:
-            save_checkpoint(ckpt_root, progress["step"], {n: p for n, p in model.named_parameters() if p.requires_grad},
-                            optimizer, scheduler, progress, cfg.keep_last)
-        accelerator.wait_for_everyone()
+        # Every rank helps gather whole tensors (FSDP shards, per-rank RNG); rank 0 alone writes.
+        weights = {n: full(p.detach()) for n, p in trainable.items()}
+        optimizer_state = full_optimizer_state(optimizer)
+        rngs = gather_object(rng_state(), accelerator)
+        error = None
+        if main:
+            try:
+                save_checkpoint(ckpt_root, progress["step"], weights, optimizer_state, scheduler.state_dict(), rngs,
+                                progress, cfg.keep_last)
+                trace(saved=progress["step"])
+            except UserError as e:
+                error = str(e)
+        error = broadcast_object(error, accelerator)  # a failed save stops every rank, with the same message
+        if error:
+            stop(error)
 
     def record(entry: dict):
-        if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+        if main:
+            try:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            except OSError as e:
+                stop(f"cannot write {metrics_path} ({e.strerror}); free disk space or make output_dir "
+                     "writable, then rerun with --resume")
 
+    trace(strategy=strategy, world=world, numel=local_numel(params.values()),
+          dropped=[i for rows in plan[steps_per_epoch * micro_per_step:] for row in rows for i in row])
     loss_model.train()
     bar = tqdm(total=total_steps, initial=progress["step"], desc="train", unit="step",
-               disable=not accelerator.is_main_process, dynamic_ncols=True)
+               disable=not main, dynamic_ncols=True)
+    note = bar.write if main else (lambda *_: None)
+
+    def stop(message: str):
+        bar.close()  # the error line comes after the progress bar, not under it
+        raise UserError(message)
+
     recent_losses: list[float] = []
     stopped_early = False
     train_seconds, train_tokens = 0.0, 0
@@ -142,24 +201,41 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
         step_targets = sum(int(b["target_mask"].sum()) for b in batches)
         step_tokens = sum(sum(len(train[i].ids) for i in row) for rows in group for row in rows)
+        mine = batches[rank::world]  # every rank planned the same group; each runs its own share
+        trace(step=progress["step"] + 1, examples=[i for rows in group[rank::world] for row in rows for i in row])
         loss_sum = 0.0
-        for batch in batches[rank::world]:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device, amp_dtype):
-                loss = loss_model(**batch)
-            # DDP averages gradients over ranks, so scale by world to get the global token mean.
-            accelerator.backward(loss * world / step_targets)
+        for k, batch in enumerate(mine):
+            batch = {key: v.to(device) for key, v in batch.items()}
+            with no_sync(accelerator, loss_model, last=k == len(mine) - 1):
+                with autocast(device, amp_dtype):
+                    loss = loss_model(**batch)
+                # DDP/FSDP average gradients over ranks, so scale by world to get the global token mean.
+                accelerator.backward(loss * world / step_targets)
             loss_sum += float(loss.detach())
-        grad_norm = (accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                     if cfg.max_grad_norm else None)
+        loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / step_targets
+        # Always measured (clipping at infinity when off): a non-finite gradient is caught like a non-finite loss.
+        grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm or math.inf)
+        grad_norm = float(full(grad_norm)) if grad_norm is not None else None
+
+        progress["micro_index"] += micro_per_step
+        if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
+            # Caught before the optimizer could write it into the weights. Every rank sees the same summed
+            # loss and global norm, so all ranks skip (or stop) together.
+            optimizer.zero_grad(set_to_none=True)
+            progress["nonfinite_skips"] += 1
+            what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {grad_norm}"
+            record({"step": progress["step"] + 1, "skipped": what, "nonfinite_skips": progress["nonfinite_skips"]})
+            if cfg.nonfinite == "stop" or progress["nonfinite_skips"] > cfg.max_nonfinite_skips:
+                stop(_nonfinite_error(what, progress, cfg, latest_checkpoint(ckpt_root)))
+            note(f"step {progress['step'] + 1}: non-finite {what}; batch skipped "
+                 f"({progress['nonfinite_skips']} of at most {cfg.max_nonfinite_skips})")
+            continue
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         progress["step"] += 1
-        progress["micro_index"] += micro_per_step
         progress["tokens"] += step_tokens
-        loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / step_targets
         recent_losses.append(loss_value)
         now = time.perf_counter()
         tok_s = step_tokens / max(now - t_step, 1e-9)
@@ -168,25 +244,26 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         step = progress["step"]
         if step % cfg.log_every == 0 or step == total_steps:
             record({"step": step, "epoch": progress["epoch"], "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "tokens": progress["tokens"], "tokens_per_s": tok_s, "targets": step_targets})
+                    "grad_norm": grad_norm, "tokens": progress["tokens"], "tokens_per_s": tok_s,
+                    "targets": step_targets})
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
         bar.update(1)
 
         if val and cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
+            # Every rank computes the same validation loss, so every rank takes the same decisions.
             vloss = validation_loss(loss_model, val, cfg, pad_id, device, amp_dtype, extra_fields)
             record({"step": step, "val_loss": vloss})
-            bar.write(f"step {step}: val_loss {vloss:.4f}")
+            note(f"step {step}: val_loss {vloss:.4f}")
             best = progress["best_val_loss"]
             if best is None or vloss < best:
                 progress["best_val_loss"], progress["bad_evals"] = vloss, 0
                 if cfg.early_stopping_patience:
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                    best_state = {n: full(p.detach()).clone() for n, p in trainable.items()}
             else:
                 progress["bad_evals"] += 1
                 if cfg.early_stopping_patience and progress["bad_evals"] >= cfg.early_stopping_patience:
-                    bar.write(f"early stopping at step {step}: no val_loss improvement in "
-                              f"{progress['bad_evals']} evaluations; restoring the best weights")
+                    note(f"early stopping at step {step}: no val_loss improvement in "
+                         f"{progress['bad_evals']} evaluations; restoring the best weights")
                     stopped_early = True
         if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps or stopped_early:
             checkpoint()
@@ -194,13 +271,20 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             break
     bar.close()
     if stopped_early and best_state is not None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, v in best_state.items():
-                params[n].copy_(v)
+        for n, v in best_state.items():
+            copy_full_into(trainable[n], v)
+    if strategy == "fsdp":
+        unshard_into(model, params)  # the recipe's model, whole on every rank, for its evaluation and artifact
     tail = recent_losses[-max(1, len(recent_losses) // 10):] if recent_losses else [float("nan")]
     return LoopResult(progress["step"], sum(tail) / len(tail), progress["best_val_loss"], stopped_early,
                       train_seconds, train_tokens)
+
+
+def _nonfinite_error(what: str, progress: dict, cfg: TrainConfig, last: Path | None) -> str:
+    return (f"non-finite {what} at step {progress['step'] + 1} (skipped batches: {progress['nonfinite_skips']}, "
+            f"train.nonfinite: {cfg.nonfinite}, train.max_nonfinite_skips: {cfg.max_nonfinite_skips}); no weights "
+            f"were updated with it{f' and {last} is intact' if last else ''}. Lower train.lr, use precision: fp32 "
+            "or check the data, then --resume continues from the last checkpoint")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

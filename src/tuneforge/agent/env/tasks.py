@@ -754,7 +754,7 @@ def read_tasks(path: str | Path) -> list[Trajectory]:
 def write_world(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0) -> dict[str, Path]:
     """Write train.json, test_id.json and test_ood.json under ``out_dir``; test instructions never
     repeat a train instruction. Returns {split: path}."""
-    from tuneforge.train.checkpoint import atomic_write_text
+    from tuneforge.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
     train = generate_tasks(n_train, seed, "train")
