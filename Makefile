@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo calibration-demo agent-demo test test-slow bench bench-serve clean
+.PHONY: setup browser demo calibration-demo agent-demo test test-slow bench bench-serve clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,20 @@ agent-demo: setup
 	$(BIN)/tuneforge agent world data/generated/toolworld --n-train 400 --n-test 50
 	$(BIN)/tuneforge train examples/agent.yaml --overwrite
 
-test: setup
+# Headless Chromium + its driver from Debian's packages, for the `tuneforge ui` browser tests (tests/test_ui.py).
+# Without apt-get or root it only says why; those tests then skip.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: apt-get not available: install chromium and chromedriver yourself; the UI browser tests will be skipped"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "browser: not root: run 'sudo apt-get install -y chromium chromium-driver'; the UI browser tests will be skipped"; \
+	else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "browser: apt-get install chromium chromium-driver failed; the UI browser tests will be skipped"; \
+	fi
+
+test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 test-slow: setup

@@ -478,5 +478,17 @@ def main() -> None:
         raise
 
 
+@app.command()
+def ui(runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories"),
+       host: str = typer.Option("127.0.0.1", help="beyond loopback an API key is required"),
+       port: int = typer.Option(8765),
+       api_key: Optional[str] = typer.Option(None, help="required by the page; or $TUNEFORGE_API_KEY"),
+       serve_dir: Optional[Path] = typer.Option(None, help="feedback store for the chat (default: RUNS/../serve)")):
+    """Web dashboard: runs (live), one run's curves and results, compare, chat with feedback, launch training."""
+    from tuneforge.ui.app import run_ui
+
+    run_ui(runs, host=host, port=port, api_key=api_key, serve_dir=serve_dir)
+
+
 if __name__ == "__main__":  # `python -m tuneforge.cli`, e.g. under torchrun
     main()

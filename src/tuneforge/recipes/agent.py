@@ -17,6 +17,7 @@ same data for as many steps as both stages together, so the comparison is fair.
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from pathlib import Path
@@ -94,7 +95,11 @@ def _train_stage(name: str, model_path: str, role: str, train_t, val_t, cfg: Con
     model, result, _, _ = train_method(model, tokenizer, train.encoded, val.encoded, scfg, out, accelerator, amp,
                                        log=say)
     artifact = save_artifact(model, tokenizer, out, cfg.method.name)
+    # The accelerator holds the prepared model and optimizer: release them before the next stage
+    # loads its own model, or five stages keep five models and their optimizer states alive.
+    accelerator.free_memory()
     del model
+    gc.collect()
     return artifact, result.steps
 
 
