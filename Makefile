@@ -22,6 +22,7 @@ demo: setup
 	$(BIN)/tuneforge models default
 	$(BIN)/tuneforge data demo data/generated/dates --n-train 2000 --n-val 200
 	$(BIN)/tuneforge train examples/demo.yaml --overwrite
+	@echo "see it in the browser: $(BIN)/tuneforge ui   (then open http://127.0.0.1:8765/)"
 
 # Calibration tuning on real questions (docs/calibration.md has the measured table): ~25 min on 2 cores.
 calibration-demo: setup

@@ -105,9 +105,9 @@ def browser():
     reason = None
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         reason = f"{CHROMIUM} / {CHROMEDRIVER} not installed (`make browser`: apt-get install chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("selenium") is None:
         reason = "selenium is not installed (pip install -r requirements.lock)"
     if reason:
         pytest.skip(reason)
