@@ -436,12 +436,12 @@ def test_export_skips_pairs_with_an_empty_response(tmp_path):
 
 
 def test_client_disconnect_mid_stream_keeps_the_server_serving(server, client):
-    import http.client
+    from http.client import HTTPConnection  # not `import http.client`: that would shadow the http() helper
     from urllib.parse import urlparse
 
     u = urlparse(server.url)
     for _ in range(3):  # hang up right after the headers, several times
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn = HTTPConnection(u.hostname, u.port, timeout=60)
         body = json.dumps({"model": "base", "messages": CHAT, "max_tokens": 8, "stream": True})
         conn.request("POST", "/v1/chat/completions", body=body,
                       headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
