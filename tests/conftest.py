@@ -74,3 +74,14 @@ def running_server(app):
     from tuneforge.serve.background import serve_in_thread
 
     return serve_in_thread(app)
+
+
+def shared_toolbench() -> Path | None:
+    """The shared ToolBench data: $TUNEFORGE_SHARED_TOOLBENCH, ../shared next to the checkout, or /work/shared."""
+    candidates = [os.environ.get("TUNEFORGE_SHARED_TOOLBENCH"),
+                  Path(__file__).resolve().parents[2] / "shared" / "data" / "toolbench",
+                  "/work/shared/data/toolbench"]
+    for c in candidates:
+        if c and (Path(c) / "out_of_domain.json").is_file():
+            return Path(c)
+    return None

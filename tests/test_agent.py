@@ -144,11 +144,11 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
 
 
 def test_agent_inspect_reports_the_toolbench_counts(capsys):
-    from pathlib import Path
+    from conftest import shared_toolbench
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "toolbench" / "out_of_domain.json"
-    if not path.is_file():
-        pytest.skip("the shared ToolBench data is not next to this checkout")
+    if shared_toolbench() is None:
+        pytest.skip("the shared ToolBench data is not here (set TUNEFORGE_SHARED_TOOLBENCH)")
+    path = shared_toolbench() / "out_of_domain.json"
     code, out, err = run_cli(["agent", "inspect", path], capsys)
     assert code == 0, err
     assert "400 tasks" in out and "1,658 planner steps" in out and "111 no decision" in out
@@ -173,11 +173,12 @@ def test_agent_world_command_writes_splits_and_toolbench_exports(tmp_path, capsy
 
 def test_bad_training_trajectories_are_reported_and_skipped(tmp_path, tiny_llama, capsys):
     import shutil
-    from pathlib import Path
 
-    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "toolbench" / "raw_data_stage_1.json"
-    if not src.is_file():
-        pytest.skip("the shared ToolBench data is not next to this checkout")
+    from conftest import shared_toolbench
+
+    if shared_toolbench() is None:
+        pytest.skip("the shared ToolBench data is not here (set TUNEFORGE_SHARED_TOOLBENCH)")
+    src = shared_toolbench() / "raw_data_stage_1.json"
     train = shutil.copy(src, tmp_path / "raw.json")
     cfg = write_config(tmp_path / "agent.yaml", tiny_llama, train, tmp_path / "run", recipe="agent",
                        data={"max_length": 4096, "val_ratio": 0.0}, train={"max_steps": 1},

@@ -22,13 +22,14 @@ from tuneforge.agent.roles import (
     system_prompt,
     target,
 )
+from conftest import shared_toolbench
 from tuneforge.agent.toolbench import read_toolbench, summary, to_conversations, write_toolbench
 from tuneforge.agent.trajectory import Call, Step, ToolSpec, Trajectory
 from tuneforge.data.formats import Segment
 from tuneforge.data.render import encode
 from tuneforge.errors import UserError
 
-DATA = Path("/work/shared/data/toolbench")
+DATA = shared_toolbench() or Path("/work/shared/data/toolbench")
 OOD = DATA / "out_of_domain.json"
 STAGE1 = DATA / "raw_data_stage_1.json"
 needs_data = pytest.mark.skipif(not OOD.is_file() or not STAGE1.is_file(), reason="shared ToolBench data not present")

@@ -442,12 +442,14 @@ def agent_eval(run: Path = typer.Argument(..., help="agent run directory"),
                tests: List[Path] = typer.Argument(..., help="ToolBench or tool-world trajectory files"),
                max_tasks: int = typer.Option(100, min=1, help="tasks per file"),
                max_steps: int = typer.Option(8, min=1, help="step limit of an end-to-end episode"),
-               max_length: int = typer.Option(2048, min=64, help="prompt budget in tokens (oldest steps drop first)")):
+               max_length: int = typer.Option(2048, min=64, help="prompt budget in tokens (oldest steps drop first)"),
+               max_new_tokens: int = typer.Option(96, min=8, help="reply budget of each role")):
     """Step-wise metrics (plan accuracy, action EM, hallucination, argument F1, ROUGE-L) and, on tool-world
     files, end-to-end success: single model vs three roles, as agent.md, agent_results.json and charts."""
     from tuneforge.agent.evaluate import evaluate_run
 
-    evaluate_run(run, [str(t) for t in tests], max_tasks=max_tasks, max_steps=max_steps, max_length=max_length)
+    evaluate_run(run, [str(t) for t in tests], max_tasks=max_tasks, max_steps=max_steps, max_length=max_length,
+                 max_new_tokens=max_new_tokens)
 
 
 def main() -> None:

@@ -44,7 +44,10 @@ class RoleModels:
         if single_model:
             if not layout.get("single"):
                 raise UserError(f"{run} has no single-model baseline (agent.baseline was off)")
-            self._models["backbone"] = load_for_inference(run / layout["single"])
+            model, tok = load_for_inference(run / layout["single"])
+            if hasattr(model, "merge_and_unload"):  # one adapter, never switched: fold it in, generation is faster
+                model = model.merge_and_unload()
+            self._models["backbone"] = (model, tok)
         elif layout["adapters"]:
             from tuneforge.models.adapters import AdapterSet
 
