@@ -52,7 +52,7 @@ def run_calibration(cfg: Config, *, overwrite: bool = False, resume: bool = Fals
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if stages[0] == "answer":
-        run = check_run_dir(cfg.output_dir, overwrite, resume and False)
+        run = check_run_dir(cfg.output_dir, overwrite, resume=False)  # --resume applies to the tune stage
     else:
         run = Path(cfg.output_dir)
         if not run.is_dir():
@@ -84,8 +84,7 @@ def _split(items: list, cfg: Config) -> list[tuple[str, object]]:
     order = list(range(len(items)))
     random.Random(cfg.seed).shuffle(order)
     n_test = max(1, round(cfg.calibration.test_ratio * len(items)))
-    n_val = round(cfg.data.val_ratio * len(items)) if cfg.calibration.temperature_scaling or cfg.data.val_ratio else 0
-    n_val = max(1, n_val) if cfg.data.val_ratio > 0 else 0
+    n_val = max(1, round(cfg.data.val_ratio * len(items))) if cfg.data.val_ratio > 0 else 0
     if n_test + n_val >= len(items):
         raise UserError(f"data.train: {len(items)} questions are too few for calibration.test_ratio "
                         f"{cfg.calibration.test_ratio} and data.val_ratio {cfg.data.val_ratio}; give more questions")
