@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/tuneforge train examples/demo.yaml --overwrite
 	@echo "see it in the browser: $(BIN)/tuneforge ui   (then open http://127.0.0.1:8765/)"
 
-# Calibration tuning on real questions (docs/calibration.md has the measured table): ~25 min on 2 cores.
+# Calibration tuning on real questions (docs/calibration.md has the measured table): about 30 min on 2 cores (31 min 48 s measured).
 calibration-demo: setup
 	$(BIN)/tuneforge models default
 	$(BIN)/tuneforge data calibration data/generated/calibration --per-source 300 --n-shift 200

@@ -190,7 +190,7 @@ def _calibration_config(tmp_path, tiny_llama, train_file, **calibration):
                                                 "precision": "fp32"})
 
 
-def test_pipeline_from_a_graded_file_to_results_and_confidence(tmp_path, tiny_llama, capsys):
+def test_pipeline_from_a_graded_file_to_results_and_confidence(tmp_path, tiny_llama, capsys, monkeypatch):
     train_file = write_jsonl(tmp_path / "graded.jsonl", _graded_rows(40))
     shift_file = write_jsonl(tmp_path / "shift.jsonl", _graded_rows(12))
     cfg = _calibration_config(tmp_path, tiny_llama, train_file, shift=str(shift_file), probe=True)
@@ -213,6 +213,13 @@ def test_pipeline_from_a_graded_file_to_results_and_confidence(tmp_path, tiny_ll
     assert code == 0, err
     p = float(out.strip().splitlines()[-1].split()[-1])
     assert 0 <= p <= 1
+
+    typed = iter(["What is 3 plus 3?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    code, out, err = run_cli(["chat", run, "--confidence"], capsys)
+    assert code == 0, err
+    reply = [line for line in out.splitlines() if line.startswith("model> ")]
+    assert len(reply) == 1 and 0 <= float(reply[0].rsplit("confidence ", 1)[1].rstrip("]")) <= 1
 
     # A single stage reruns from the files of the earlier ones.
     code, out, err = run_cli(["calibrate", cfg, "--stage", "evaluate"], capsys)

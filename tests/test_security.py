@@ -17,8 +17,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -246,26 +244,14 @@ def _server(app, log_level: str = "debug"):
     """Like conftest.running_server, with uvicorn's debug and access logs on, so the tests can grep them for
     secrets. log_config=None: uvicorn's records go to the root logger (pytest's caplog), through no handler
     bound to this test's captured stderr; the levels are put back afterwards."""
-    import uvicorn
+    from tuneforge.serve.background import serve_in_thread
 
     loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
     levels = [lg.level for lg in loggers]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=True, lifespan="on", log_config=None))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve_in_thread(app, log_level=log_level) as url:
+            yield url
     finally:
-        srv.should_exit = True
-        thread.join(30)
-        sock.close()
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
 

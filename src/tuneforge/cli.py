@@ -297,13 +297,7 @@ def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or 
     model, tok = load_for_inference(run)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print("chat ready: empty line or /exit quits, /reset clears the history")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-        if not line or line == "/exit":
-            break
+    for line in _user_lines():
         if line == "/reset":
             history = history[:1] if system else []
             continue
@@ -313,18 +307,24 @@ def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or 
         print(f"model> {reply}")
 
 
+def _user_lines():
+    """Lines typed at the `you>` prompt until an empty line, /exit or end of input."""
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return
+        if not line or line == "/exit":
+            return
+        yield line
+
+
 def _confidence_chat(run: Path) -> None:
     from tuneforge.calibration.confidence import ConfidenceModel
 
     model = ConfidenceModel(run)
     print("ask questions (each is answered on its own, with P(correct)); empty line or /exit quits")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-        if not line or line == "/exit":
-            break
+    for line in _user_lines():
         answer, p = model.answer(line)
         print(f"model> {answer}   [confidence {p:.2f}]")
 

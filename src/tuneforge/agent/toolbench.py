@@ -266,11 +266,17 @@ def _from_conversations(task: _Task, item: dict, turns: list) -> Trajectory:
     _close_step(task, step_start, current())
     if not first_user_seen:
         task.problem(0, "no_instruction", "the conversation does not start with the user's instruction")
+    return _trajectory(task, instruction, tools, steps, notes, len(turns) - 1, "a first user turn", "turn(s)")
+
+
+def _trajectory(task: _Task, instruction, tools, steps: list[Step], notes: list[str], last: int,
+                instruction_source: str, unit: str) -> Trajectory:
+    """The end both layouts share: report a missing instruction and trailing user turns, build the result."""
     if not isinstance(instruction, str):
-        task.problem(None, "no_instruction", "no instruction (neither an 'instruction' field nor a first user turn)")
+        task.problem(None, "no_instruction", f"no instruction (neither an 'instruction' field nor {instruction_source})")
         instruction = ""
     if notes:
-        task.problem(len(turns) - 1, "trailing_user", "user turn(s) after the last step")
+        task.problem(last, "trailing_user", f"user {unit} after the last step")
         task.meta["trailing_notes"] = notes
     answers = [s.final_answer for s in steps if s.final_answer is not None]
     return Trajectory(instruction=instruction, tools=tools, steps=steps,
@@ -365,15 +371,7 @@ def _from_chains(task: _Task, item: dict, msgs: list) -> Trajectory:
         report.decisions[step.decision] += 1
         steps.append(step)
     _close_step(task, step_start, steps[-1] if steps else None)
-    if not isinstance(instruction, str):
-        task.problem(None, "no_instruction", "no instruction (neither an 'instruction' field nor a user message)")
-        instruction = ""
-    if notes:
-        task.problem(len(msgs) - 1, "trailing_user", "user message(s) after the last step")
-        task.meta["trailing_notes"] = notes
-    answers = [s.final_answer for s in steps if s.final_answer is not None]
-    return Trajectory(instruction=instruction, tools=tools, steps=steps,
-                      final_answer=answers[-1] if answers else None, where=task.where, meta=task.meta)
+    return _trajectory(task, instruction, tools, steps, notes, len(msgs) - 1, "a user message", "message(s)")
 
 
 # ------------------------------------------------------------------------------------ public API

@@ -27,6 +27,16 @@ class EncodedSplit:
     no_target: int = 0
 
 
+def hold_out(items: list, ratio: float, seed: int) -> tuple[list, list]:
+    """(train, validation): a seeded `ratio` share held out (at least one item), train in file order."""
+    if ratio <= 0 or len(items) < 2:
+        return list(items), []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(ratio * len(items))))
+    return [items[i] for i in sorted(order[n_val:])], [items[i] for i in order[:n_val]]
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     records = read_records(cfg.train, cfg.split)
     if not records:
@@ -37,14 +47,8 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         if not val_records:
             raise UserError(f"data.validation: {cfg.validation} has no records")
         val = to_examples(val_records, cfg.format, cfg.system_prompt)
-    elif cfg.val_ratio > 0 and len(train) > 1:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, int(round(cfg.val_ratio * len(train))))
-        val = [train[i] for i in order[:n_val]]
-        train = [train[i] for i in sorted(order[n_val:])]
     else:
-        val = []
+        train, val = hold_out(train, cfg.val_ratio, seed)
     if cfg.max_examples:
         train = train[: cfg.max_examples]
     return Splits(train, val)

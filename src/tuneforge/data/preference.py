@@ -19,7 +19,6 @@ the DPO loss per pair, and the DPO loss finds each pair's chosen sequence by tha
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig
@@ -144,14 +143,10 @@ def load_pair_splits(cfg: DataConfig, seed: int) -> PairSplits:
             raise UserError(f"data.validation: {cfg.validation} has no records")
         val, more = to_pairs(val_records, cfg.system_prompt)
         identical += more
-    elif cfg.val_ratio > 0 and len(train) > 1:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_val = max(1, int(round(cfg.val_ratio * len(train))))
-        val = [train[i] for i in order[:n_val]]
-        train = [train[i] for i in sorted(order[n_val:])]
     else:
-        val = []
+        from tuneforge.data.dataset import hold_out
+
+        train, val = hold_out(train, cfg.val_ratio, seed)
     if cfg.max_examples:
         train = train[: cfg.max_examples]
     return PairSplits(train, val, len(identical), identical[:5])

@@ -48,6 +48,24 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def generation_config(model, tokenizer, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                      stop: list[str] | None = None):
+    """The model's generation config with our sampling settings: greedy at temperature 0, no hidden top_k."""
+    eos_ids = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    gen_config = copy.deepcopy(model.generation_config)
+    sample = temperature > 0
+    gen_config.update(
+        max_new_tokens=max_new_tokens, max_length=None, min_new_tokens=None, min_length=0,
+        do_sample=sample, num_beams=1,
+        temperature=temperature if sample else None, top_p=top_p if sample else None,
+        top_k=None,  # top_p is the only truncation we expose; a hidden top_k=50 would surprise
+        eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True,
+        stop_strings=stop or None,
+    )
+    return gen_config
+
+
 def _seeded(seed: int | None, device: torch.device):
     if seed is None:
         return contextlib.nullcontext()
@@ -82,18 +100,8 @@ def generate(
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
 
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    gen_config = copy.deepcopy(model.generation_config)
-    sample = temperature > 0
-    gen_config.update(
-        max_new_tokens=max_new_tokens, max_length=None, min_new_tokens=None, min_length=0,
-        do_sample=sample, num_beams=1,
-        temperature=temperature if sample else None, top_p=top_p if sample else None,
-        top_k=None,  # top_p is the only truncation we expose; a hidden top_k=50 would surprise
-        eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True,
-        stop_strings=["\n"] if stop_at_newline else None,
-    )
+    gen_config = generation_config(model, tokenizer, max_new_tokens, temperature, top_p,
+                                   ["\n"] if stop_at_newline else None)
     extra = {"tokenizer": tokenizer} if stop_at_newline else {}  # stop strings need it
 
     device = next(model.parameters()).device

@@ -18,7 +18,6 @@ same data for as many steps as both stages together, so the comparison is fair.
 from __future__ import annotations
 
 import gc
-import random
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tuneforge.agent.models import AGENT_FILE
 from tuneforge.agent.roles import build_role_examples, fit_to_length
 from tuneforge.agent.trajectory import Trajectory
 from tuneforge.config import Config, StageTrain, dump_config
-from tuneforge.data.dataset import encode_split
+from tuneforge.data.dataset import encode_split, hold_out
 from tuneforge.data.formats import Example
 from tuneforge.errors import UserError
 from tuneforge.models.methods import METHODS
@@ -60,10 +59,7 @@ def _split(trajectories: list[Trajectory], cfg: Config) -> tuple[list[Trajectory
     if cfg.data.validation:
         val, _ = load_trajectories(cfg.data.validation, "skip" if cfg.agent.bad_steps == "skip" else "reject")
         return trajectories, val
-    order = list(range(len(trajectories)))
-    random.Random(cfg.seed).shuffle(order)
-    n_val = round(cfg.data.val_ratio * len(trajectories)) if len(trajectories) > 1 else 0
-    return [trajectories[i] for i in sorted(order[n_val:])], [trajectories[i] for i in order[:n_val]]
+    return hold_out(trajectories, cfg.data.val_ratio, cfg.seed)
 
 
 def _train_stage(name: str, model_path: str, role: str, train_t, val_t, cfg: Config, stage: StageTrain,

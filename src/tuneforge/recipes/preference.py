@@ -21,7 +21,7 @@ from tuneforge.data.render import setup_chat_template
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model_and_tokenizer
 from tuneforge.models.methods import METHODS
-from tuneforge.recipes.sft import peak_memory_gb, prepare_model, save_artifact, train_method
+from tuneforge.recipes.sft import artifact_summary, loop_summary, prepare_model, save_artifact, train_method
 from tuneforge.report import plot_loss, write_report
 from tuneforge.runs import check_run_dir, create_run_dir, write_json
 from tuneforge.atomic import atomic_write_text
@@ -105,16 +105,11 @@ def run_preference(cfg: Config, *, overwrite: bool = False, resume: bool = False
         "reference": dpo.reference, "train_pairs": len(train.encoded), "val_pairs": len(val.encoded),
         "skipped_identical": splits.identical, "skipped_identical_where": splits.identical_where,
         "truncated_pairs": train.truncated + val.truncated,
-        "final_train_loss": round(result.train_loss, 4),
-        "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
-        "stopped_early": result.stopped_early,
-        "train_tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
-        "peak_memory_gb": round(peak_memory_gb(device), 2),
+        **loop_summary(result, device),
     }
     if accelerator.is_main_process:
         artifact = save_artifact(model, tokenizer, run, cfg.method.name)
-        summary["artifact"] = str(artifact)
-        summary["artifact_mb"] = round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 4)
+        summary |= artifact_summary(artifact)
         if cfg.eval.before_after:
             _say("scoring the pairs with the tuned model...")
             summary["preference_eval"] = {

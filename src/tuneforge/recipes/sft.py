@@ -95,16 +95,11 @@ def run_sft(cfg: Config, *, overwrite: bool = False, resume: bool = False) -> Pa
         "model": model_path, "method": cfg.method.name, "trainable_params": trainable, "total_params": total,
         "steps": result.steps, "train_examples": len(train.encoded), "val_examples": len(val.encoded),
         "truncated_examples": train.truncated + val.truncated, "dropped_examples": train.dropped + val.dropped,
-        "final_train_loss": round(result.train_loss, 4),
-        "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
-        "stopped_early": result.stopped_early,
-        "train_tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
-        "peak_memory_gb": round(peak_memory_gb(device), 2),
+        **loop_summary(result, device),
     }
     if accelerator.is_main_process:
         artifact = save_artifact(model, tokenizer, run, cfg.method.name)
-        summary["artifact"] = str(artifact)
-        summary["artifact_mb"] = round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 4)
+        summary |= artifact_summary(artifact)
         if cfg.eval.before_after:
             _say("evaluating the tuned model...")
             after = _evaluate(model, tokenizer, val.examples, val.encoded, cfg, device, amp)
@@ -151,6 +146,22 @@ def train_method(model, tokenizer, train_encoded, val_encoded, cfg: Config, run:
                         pad_id=tokenizer.pad_token_id, accelerator=accelerator, amp_dtype=amp, resume=resume,
                         log=log, loss_model=loss_model)
     return model, result, trainable, total
+
+
+def loop_summary(result, device) -> dict:
+    """The report fields every recipe on the loop shares."""
+    return {
+        "final_train_loss": round(result.train_loss, 4),
+        "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
+        "stopped_early": result.stopped_early,
+        "train_tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
+        "peak_memory_gb": round(peak_memory_gb(device), 2),
+    }
+
+
+def artifact_summary(artifact: Path) -> dict:
+    return {"artifact": str(artifact),
+            "artifact_mb": round(sum(f.stat().st_size for f in artifact.rglob("*.safetensors")) / 2**20, 4)}
 
 
 def choose_attention(setting: str, device, row_length: int) -> str:

@@ -9,7 +9,7 @@ import time
 
 
 @contextlib.contextmanager
-def serve_in_thread(app, host: str = "127.0.0.1", timeout_s: float = 60.0):
+def serve_in_thread(app, host: str = "127.0.0.1", timeout_s: float = 60.0, log_level: str = "warning"):
     """Yield the base URL of `app` served by uvicorn on a free port; the server stops on exit."""
     import uvicorn
 
@@ -18,7 +18,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", timeout_s: float = 60.0):
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     # log_config=None: no log handlers bound to the caller's (possibly captured, later closed) stderr.
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", log_config=None))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.eval.generate import Prompt, _autocast, _eos_ids, _seeded, render_prompt
+from tuneforge.eval.generate import Prompt, _autocast, _seeded, generation_config, render_prompt
 from tuneforge.errors import UserError
 from tuneforge.models.adapters import AdapterSet
 
@@ -124,17 +124,8 @@ class ServedModels:
         encoded = [self._encode(tok, p, raw) for p in prompts]
         aset = self.adapter_set
         with aset.use(target) as model:
-            eos_ids = _eos_ids(model, tok)
-            pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-            gen_config = copy.deepcopy(model.generation_config)
-            sample = temperature > 0
-            gen_config.update(
-                max_new_tokens=max_tokens, max_length=None, min_new_tokens=None, min_length=0,
-                do_sample=sample, num_beams=1,
-                temperature=temperature if sample else None, top_p=top_p if sample else None, top_k=None,
-                eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True,
-                stop_strings=stop or None,
-            )
+            gen_config = generation_config(model, tok, max_tokens, temperature, top_p, stop)
+            eos_ids, pad_id = list(gen_config.eos_token_id), gen_config.pad_token_id
             extra = {"tokenizer": tok} if stop else {}
             saved_side = tok.padding_side
             try:
