@@ -49,8 +49,10 @@ def worker(args) -> dict:
     from tuneforge.data.render import encode
     from tuneforge.data.sources import Record
     from tuneforge.models.embedded import ensure_default_model
-    from tuneforge.models.load import decoder_and_head, load_model, load_tokenizer
-    from tuneforge.train.forward import TargetLoss, compile_blocks
+    from tuneforge.models.anatomy import decoder_and_head
+    from tuneforge.models.load import load_model, load_tokenizer
+    from tuneforge.train.levers import compile_blocks
+    from tuneforge.train.losses.target import TargetLoss
 
     v = dict(VARIANTS[args.variant][1])
     path = args.model or str(ensure_default_model())

@@ -123,7 +123,8 @@ def finish(res: dict, args, n_params: int) -> dict:
 
 def worker_tuneforge(args) -> dict:
     from tuneforge.config import config_from_dict
-    from tuneforge.recipes.sft import run_sft
+    from tuneforge.recipes.sft import SFT
+    from tuneforge.train.session import Session
 
     path = model_path(args.model)
     tok = load_tok(path)
@@ -148,7 +149,7 @@ def worker_tuneforge(args) -> dict:
             "eval": {"before_after": False},
         }, source="bench")
         start = time.perf_counter()
-        run = run_sft(cfg, overwrite=True)
+        run = SFT().run(Session(cfg, overwrite=True))
         total = time.perf_counter() - start
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         steps = [r for r in rows if "loss" in r]
@@ -293,7 +294,7 @@ def check(args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from tuneforge.data.pack import collate
-    from tuneforge.train.forward import TargetLoss
+    from tuneforge.train.losses.target import TargetLoss
 
     path = model_path(args.model)
     tok = load_tok(path)

@@ -462,8 +462,8 @@ def table_server(tiny_llama, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _no_global_flags(monkeypatch):
-    """CLI global flags set environment variables in this process; each case starts without them."""
-    from tuneforge.models.load import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
+    """The CLI reads these variables as defaults of its switches; each case starts without them."""
+    from tuneforge.models.policy import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
     from tuneforge.serve.app import API_KEY_ENV
 
     for name in (ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, API_KEY_ENV):

@@ -17,7 +17,8 @@ from tuneforge.models.bottleneck import (
     save_bottleneck,
     set_bottleneck_enabled,
 )
-from tuneforge.models.load import decoder_and_head, load_model
+from tuneforge.models.anatomy import decoder_and_head
+from tuneforge.models.load import load_model
 
 ARCHS = ("llama", "qwen2", "gpt2")
 

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from conftest import run_cli, write_config, write_jsonl
 from tuneforge.calibration.baselines import agrees, parse_verbalized
 from tuneforge.calibration.fit import Probe, fit_probe, fit_temperature
-from tuneforge.calibration.loss import CalibrationLoss, divergence
+from tuneforge.train.losses.calibration import CalibrationLoss, divergence
 from tuneforge.calibration.questions import Question
 from tuneforge.calibration.query import encode_query, make_query_spec, query_text, score_queries
-from tuneforge.calibration.tune import balance, check_both_classes
+from tuneforge.calibration.balance import balance, check_both_classes
 from tuneforge.data.pack import collate
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer

@@ -50,3 +50,15 @@ def test_early_stopping_restores_best(tiny_llama, dates_data, tmp_path, capsys):
     vals = [json.loads(line)["val_loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
             if "val_loss" in line]
     assert report["best_val_loss"] == round(min(vals), 4)
+
+
+def test_serve_reads_the_api_key_from_the_environment(monkeypatch, capsys):
+    """The environment is read at the CLI edge only; the server gets the key as an argument."""
+    import tuneforge.serve.app as serve_app
+    from tuneforge.serve.auth import API_KEY_ENV
+
+    seen = {}
+    monkeypatch.setattr(serve_app, "serve", lambda *a, **k: seen.update(k))
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    code, out, err = run_cli(["serve", "--host", "0.0.0.0"], capsys)
+    assert code == 0 and seen["api_key"] == "from-env", err

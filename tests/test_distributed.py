@@ -9,6 +9,7 @@ another thread count (two subprocess runs of 4 steps agree bitwise for DDP, to 1
 Each torchrun launch costs ~15 s here (two interpreters on two cores).
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -33,15 +34,52 @@ def _config(path: Path, model, data, out: Path, **train) -> Path:
                         train={**TRAIN, **train}, eval={"before_after": False})
 
 
+# What each rank trained on and saved: the loop reports it to an `observe` callback, which this script
+# hands to every loop the CLI starts (by wrapping the name the Session calls), one file per rank.
+TRACED_MAIN = """
+import json, os
+from pathlib import Path
+import tuneforge.train.session as session
+from tuneforge.cli import main
+
+TRACE = {trace!r}
+if TRACE:
+    path = Path(TRACE) / f"rank{{os.environ.get('RANK', '0')}}.jsonl"
+
+    def observe(event):
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\\n")
+
+    loop = session.train_loop
+    session.train_loop = lambda *a, **k: loop(*a, **{{**k, "observe": observe}})
+main()
+"""
+
+
+@contextlib.contextmanager
+def traced(trace: Path):
+    """The same observation in this process: every loop started inside writes trace/rank0.jsonl."""
+    import tuneforge.train.session as session
+
+    def observe(event):
+        with open(trace / "rank0.jsonl", "a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    loop = session.train_loop
+    session.train_loop = lambda *a, **k: loop(*a, **{**k, "observe": observe})
+    try:
+        yield
+    finally:
+        session.train_loop = loop
+
+
 def launch(n: int, cfg: Path, *args, trace: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node n` on `tuneforge train CFG` (gloo on CPU), or one plain process."""
     script = cfg.parent / "tuneforge_main.py"  # tuneforge.cli has no __main__ block; torchrun needs a script
-    script.write_text("from tuneforge.cli import main\nmain()\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("TUNEFORGE_TEST_TRACE", None)
     if trace:
         trace.mkdir(parents=True, exist_ok=True)
-        env["TUNEFORGE_TEST_TRACE"] = str(trace)
+    script.write_text(TRACED_MAIN.format(trace=str(trace) if trace else None))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     runner = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n)] \
         if n > 1 else [sys.executable]
     done = subprocess.run([*runner, str(script), "train", str(cfg), *map(str, args)], env=env, capture_output=True,
@@ -86,11 +124,8 @@ def reference(tiny_llama, dates_data, tmp_path_factory):
     trace = tmp / "trace"
     trace.mkdir()
     cfg = _config(tmp / "c.yaml", tiny_llama, dates_data[0], tmp / "run", grad_accum=2)
-    os.environ["TUNEFORGE_TEST_TRACE"] = str(trace)
-    try:
+    with traced(trace):
         code, _, err = run_cli(["train", cfg], _NoCapture())
-    finally:
-        del os.environ["TUNEFORGE_TEST_TRACE"]
     assert code == 0, err
     return tmp / "run", read_trace(trace)[0]
 

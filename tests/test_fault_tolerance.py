@@ -32,14 +32,17 @@ def _config(path: Path, model, data, out: Path, **train) -> Path:
                         eval={"before_after": False})
 
 
-def _cmd(cfg: Path, *extra) -> list[str]:
-    return [sys.executable, "-c", "from tuneforge.cli import main; main()", "train", str(cfg), *extra]
+def _cmd(cfg: Path, *extra, slow_save: float = 0.0) -> list[str]:
+    """`tuneforge train` in a child process. With `slow_save`, the child first wraps the checkpoint's file
+    writer to sleep after each file, widening the window a kill can land in (the production code has no
+    test hook for it)."""
+    slow = ("import time\nimport tuneforge.train.checkpoint as ckpt\nwrite = ckpt._write\n"
+            f"ckpt._write = lambda path, w: (write(path, w), time.sleep({slow_save}))[0]\n") if slow_save else ""
+    return [sys.executable, "-c", slow + "from tuneforge.cli import main; main()", "train", str(cfg), *extra]
 
 
-def _env(slow_save: float = 0.0) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["TUNEFORGE_TEST_SLOW_SAVE"] = str(slow_save)  # test-only: sleep between the files of a checkpoint
-    return env
+def _env() -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 def _adapter(run: Path) -> dict:
@@ -97,7 +100,7 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted(tiny_llama, da
     while kills < 5:
         saved = assert_every_checkpoint_loads(ckpts)
         base = saved[-1] if saved else 0
-        proc = subprocess.Popen(_cmd(cfg, "--resume" if saved else "--overwrite"), env=_env(slow),
+        proc = subprocess.Popen(_cmd(cfg, "--resume" if saved else "--overwrite", slow_save=slow), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # Each round kills only after one more checkpoint is complete, so the run always gets further.
         if kills % 2 == 0:  # during a checkpoint write: wait for its temp folder, then a random moment of it
@@ -133,7 +136,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tiny_llama, dates_d
 
     run = tmp_path / "run"
     cfg = _config(tmp_path / "c.yaml", tiny_llama, train, run, max_steps=3)
-    proc = subprocess.Popen(_cmd(cfg), env=_env(slow_save=1.0), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(cfg, slow_save=1.0), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = run / "checkpoints"
     # Checkpoint 2 half-written: its weights are in the temp folder, progress.json is not.
     fired = _wait(lambda: ckpts.is_dir() and any((p / "trainable.safetensors").exists()
@@ -157,7 +160,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tiny_llama, dates_d
 @pytest.fixture
 def nan_at(monkeypatch):
     """Make the loss NaN at the given forward calls (1-based; one micro-batch per step, no validation)."""
-    from tuneforge.train.forward import TargetLoss
+    from tuneforge.train.losses.target import TargetLoss
 
     calls = {"n": 0, "at": set()}
     original = TargetLoss.forward

@@ -8,8 +8,8 @@ from tuneforge.data.formats import to_examples
 from tuneforge.data.pack import collate
 from tuneforge.data.render import encode
 from tuneforge.data.sources import Record
-from tuneforge.train.forward import TargetLoss
-from tuneforge.train.losses import linear_cross_entropy_sum
+from tuneforge.train.losses.target import TargetLoss
+from tuneforge.train.losses.fused_ce import linear_cross_entropy_sum
 
 RECORDS = [
     {"instruction": "Say hello", "output": "Hello there, friend."},

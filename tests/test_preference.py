@@ -15,7 +15,7 @@ from tuneforge.data.sources import Record
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model, load_tokenizer
 from tuneforge.models.methods import apply_method
-from tuneforge.train.dpo import DPOLoss, dpo_losses, evaluate_pairs
+from tuneforge.train.losses.dpo import DPOLoss, dpo_losses, evaluate_pairs
 
 RECORDS = [
     {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "I think it is Lyon, maybe."},

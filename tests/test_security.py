@@ -37,8 +37,8 @@ CHAT = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(autouse=True)
 def _no_global_flags(monkeypatch):
-    """--allow-pickle / --trust-remote-code set environment variables in this process: start each test clean."""
-    from tuneforge.models.load import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
+    """The CLI reads these variables as defaults of --allow-pickle / --trust-remote-code: start each test clean."""
+    from tuneforge.models.policy import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
 
     for name in (ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -149,7 +149,15 @@ def test_pickle_model_needs_allow_pickle(tiny_llama, tmp_path, capsys):
 
     code, out, err = run_cli(["--allow-pickle", "generate", folder, "hi", "--max-new-tokens", "2"], capsys)
     assert code == 0, err
-    assert os.environ.get("TUNEFORGE_ALLOW_PICKLE") == "1"
+    # The switch travels as an argument: nothing is left behind in the process environment.
+    assert "TUNEFORGE_ALLOW_PICKLE" not in os.environ
+
+
+def test_allow_pickle_from_the_environment_at_the_cli_edge(tiny_llama, tmp_path, capsys, monkeypatch):
+    folder = _pickle_only(tiny_llama, tmp_path / "pickled")
+    monkeypatch.setenv("TUNEFORGE_ALLOW_PICKLE", "1")
+    code, out, err = run_cli(["generate", folder, "hi", "--max-new-tokens", "2"], capsys)
+    assert code == 0, err
 
 
 def test_malicious_pickle_never_runs(tiny_llama, tmp_path, capsys):
@@ -177,7 +185,6 @@ def test_pickle_adapter_needs_allow_pickle(tiny_llama, tmp_path, capsys):
         assert code == 2 and "adapter_model.bin" in err and "--allow-pickle" in err, err
         code, out, err = run_cli(["--allow-pickle", *argv], capsys)
         assert code == 0, err
-        os.environ.pop("TUNEFORGE_ALLOW_PICKLE")
 
 
 # ---- what tuneforge loads: remote code -------------------------------------------------------
@@ -195,12 +202,12 @@ def test_every_from_pretrained_decides_on_remote_code():
             kw = {k.arg: k.value for k in call.keywords}
             flag = kw.get("trust_remote_code")
             if rel == "models/load.py" and isinstance(owner, ast.Name) and owner.id == "cls":
-                continue  # _from_pretrained: kwargs.setdefault("trust_remote_code", trust_remote_code())
+                continue  # _from_pretrained: kwargs.setdefault("trust_remote_code", policy.trust_remote_code)
             if flag is None or (isinstance(flag, ast.Constant) and flag.value is not False):
                 offenders.append(f"{rel}:{call.lineno}")
     assert not offenders, f"from_pretrained without trust_remote_code=False: {offenders}"
     load_src = (SRC / "models" / "load.py").read_text()
-    assert 'kwargs.setdefault("trust_remote_code", trust_remote_code())' in load_src
+    assert 'kwargs.setdefault("trust_remote_code", policy.trust_remote_code)' in load_src
 
 
 def _record_from_pretrained(monkeypatch) -> list[tuple[str, dict]]:
@@ -349,7 +356,7 @@ def test_body_and_token_limits(server, monkeypatch):
     import http.client
     from urllib.parse import urlparse
 
-    import tuneforge.serve.app as app_module
+    import tuneforge.serve.body as body_module
 
     code, body = call(server, "POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "max_tokens": 5})
     assert code == 400 and body["error"]["param"] == "max_tokens"
@@ -358,7 +365,7 @@ def test_body_and_token_limits(server, monkeypatch):
 
     # A chunked upload has no content-length: the server stops reading at the limit and answers 413
     # at once, without waiting for (or buffering) the rest of the body.
-    monkeypatch.setattr(app_module, "MAX_BODY_BYTES", 1000)
+    monkeypatch.setattr(body_module, "MAX_BODY_BYTES", 1000)
     u = urlparse(server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=20)
     try:

@@ -1,11 +1,12 @@
 """`tuneforge serve`: a real uvicorn server on a free port, called with the official openai client."""
 
+import asyncio
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -414,13 +415,17 @@ def test_serve_refuses_public_host_without_key(tiny_llama, tmp_path, monkeypatch
     from tuneforge.errors import UserError
     from tuneforge.serve.app import API_KEY_ENV, is_loopback, resolve_api_key, serve
 
-    monkeypatch.delenv(API_KEY_ENV, raising=False)
     with pytest.raises(UserError, match="API key"):
         serve(str(tiny_llama), {}, None, host="0.0.0.0", port=0, serve_dir=tmp_path, api_key=None)
     assert resolve_api_key(None, "127.0.0.1") is None
     assert resolve_api_key("k", "0.0.0.0") == "k"
+    # The key is an argument: reading $TUNEFORGE_API_KEY is the CLI's job (typer's envvar), not the package's.
     monkeypatch.setenv(API_KEY_ENV, "from-env")
-    assert resolve_api_key(None, "0.0.0.0") == "from-env"
+    with pytest.raises(UserError, match=API_KEY_ENV):
+        resolve_api_key(None, "0.0.0.0")
+    with pytest.raises(UserError, match="API key"):
+        resolve_api_key("", "0.0.0.0")
+    assert resolve_api_key(None, "localhost") is None
     assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
 
@@ -453,3 +458,107 @@ def test_client_disconnect_mid_stream_keeps_the_server_serving(server, client):
     assert http(server, "GET", "/health")[0] == 200
     reply = client.chat.completions.create(model="base", messages=CHAT, max_tokens=4, temperature=0)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+# ---- one route alone: handlers read request.app.state, so fakes on a bare state are enough ---------
+
+class FakeModels:
+    names = ["base", "tuned"]
+    context_length = 32
+    has_confidence = False
+
+    def target(self, name: str):
+        return {"base": None, "tuned": "tuned"}[name]  # KeyError: not served
+
+    def count_tokens(self, prompt, raw: bool = False) -> int:
+        return 5
+
+
+class FakeBatcher:
+    def __init__(self):
+        self.keys = []
+
+    def submit(self, key, prompt, question=None) -> Future:
+        from tuneforge.serve.batching import BatchResult
+
+        self.keys.append(key)
+        future = Future()
+        future.set_result(BatchResult(text="Paris is", prompt_tokens=5, completion_tokens=2, finish_reason="stop",
+                                      confidence=None, batch_size=1))
+        return future
+
+
+class FakeStore:
+    def __init__(self):
+        self.completions = []
+
+    def record_completion(self, cid, model, prompt, text, **details):
+        self.completions.append((cid, model, text))
+
+
+def fake_state() -> SimpleNamespace:
+    from tuneforge.serve.completions import CompletionLimits
+    from tuneforge.serve.monitoring import Metrics
+
+    return SimpleNamespace(models=FakeModels(), model_names=list(FakeModels.names), started=123,
+                           limits=CompletionLimits(max_tokens=8, max_prompt_tokens=16), batcher=FakeBatcher(),
+                           store=FakeStore(), metrics=Metrics())
+
+
+def route_request(state, method: str, path: str, body: dict | None = None):
+    """A Starlette request as the router would hand it over, on an app that is only `state`."""
+    from starlette.requests import Request
+
+    raw = json.dumps(body).encode() if body is not None else b""
+
+    async def receive():
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    scope = {"type": "http", "app": SimpleNamespace(state=state), "method": method, "path": path,
+             "headers": [(b"content-type", b"application/json")], "query_string": b""}
+    return Request(scope, receive)
+
+
+def test_the_route_map():
+    from tuneforge.serve.routes import router
+
+    assert {(m, r.path) for r in router.routes for m in r.methods} == {
+        ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
+        ("GET", "/v1/models/{model:path}"), ("POST", "/v1/feedback"), ("GET", "/health"), ("GET", "/metrics")}
+
+def test_model_route_alone():
+    from tuneforge.serve import routes
+    from tuneforge.serve.errors import APIError
+
+    state = fake_state()
+    request = route_request(state, "GET", "/v1/models/tuned")
+    card = asyncio.run(routes.get_model("tuned", request))
+    assert card == {"id": "tuned", "object": "model", "created": 123, "owned_by": "tuneforge"}
+    assert request.scope["tuneforge"]["model"] == "tuned"  # the request log's record, made without the middleware
+    with pytest.raises(APIError) as e:
+        asyncio.run(routes.get_model("nope", route_request(state, "GET", "/v1/models/nope")))
+    assert (e.value.status, e.value.code, e.value.param) == (404, "model_not_found", "model")
+    assert "base, tuned" in e.value.message
+
+
+def test_chat_route_alone_plans_the_batch():
+    from tuneforge.serve import routes
+    from tuneforge.serve.errors import APIError
+
+    state = fake_state()
+    request = route_request(state, "POST", "/v1/chat/completions",
+                            {"model": "tuned", "messages": CHAT, "temperature": 0})
+    body = json.loads(asyncio.run(routes.chat_completions(request)).body)
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"] == "Paris is"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    (key,) = state.batcher.keys
+    # No max_tokens: the rest of the context (32 - 5) within the server's limit (8). Temperature 0: greedy.
+    assert (key.model, key.max_tokens, key.temperature, key.top_p, key.seed, key.raw) == \
+        ("tuned", 8, 0.0, 1.0, None, False)
+    assert state.store.completions == [(body["id"], "tuned", "Paris is")]
+    assert request.scope["tuneforge"]["completion_tokens"] == 2
+
+    over = route_request(state, "POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "max_tokens": 9})
+    with pytest.raises(APIError) as e:
+        asyncio.run(routes.chat_completions(over))
+    assert (e.value.status, e.value.param) == (400, "max_tokens") and len(state.batcher.keys) == 1

@@ -4,8 +4,11 @@ private 0600 would surprise whoever shares a run directory."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,3 +55,27 @@ def atomic_savefig(fig, path: str | os.PathLike) -> Path:
 def make_shareable_dir(path: str | os.PathLike) -> None:
     """mkdtemp creates 0700 folders; a published artifact folder gets the usual 0777 minus the umask."""
     os.chmod(path, 0o777 & ~_umask())
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path):
+    """Yield a temp folder beside `final`; on success it replaces `final`, on any error it vanishes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        make_shareable_dir(tmp)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))

@@ -10,6 +10,8 @@ from typing import List, Optional
 import typer
 
 from tuneforge.errors import UserError
+from tuneforge.models.policy import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, LoadPolicy
+from tuneforge.serve.auth import API_KEY_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models end to end.")
@@ -27,23 +29,36 @@ app.add_typer(feedback_app, name="feedback")
 
 @app.callback()
 def _global_options(
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="also load pickle weights (.bin/.pt) of "
-                                      "models and adapters; unpickling runs code, so only for files you trust "
-                                      "(or set TUNEFORGE_ALLOW_PICKLE=1)"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="let a model repo run its own "
-                                           "Python code when loading (or set TUNEFORGE_TRUST_REMOTE_CODE=1)"),
+    ctx: typer.Context,
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", envvar=ALLOW_PICKLE_ENV,
+                                      help="also load pickle weights (.bin/.pt) of models and adapters; unpickling "
+                                           "runs code, so only for files you trust"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", envvar=TRUST_REMOTE_CODE_ENV,
+                                           help="let a model repo run its own Python code when loading"),
 ):
     """Fine-tune language models end to end."""
-    from tuneforge.models.load import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV
+    # The switches travel as an argument from here down to every loader; nothing reads them from the
+    # environment inside the package (typer reads the variables above, at the edge).
+    ctx.obj = LoadPolicy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
-    if allow_pickle:
-        os.environ[ALLOW_PICKLE_ENV] = "1"
-    if trust_remote_code:
-        os.environ[TRUST_REMOTE_CODE_ENV] = "1"
+
+def _policy(ctx: typer.Context) -> LoadPolicy:
+    return ctx.find_root().obj or LoadPolicy()
+
+
+def _run_recipe(ctx: typer.Context, recipe, cfg, overwrite: bool, resume: bool) -> None:
+    from tuneforge.recipes.base import check_recipe
+
+    check_recipe(recipe, cfg, resume)
+    run = recipe.run(recipe.session(cfg, overwrite=overwrite, resume=resume, policy=_policy(ctx)))
+    print(f"\nrun directory: {run}")
+    for label, path in recipe.outputs(run).items():
+        print(f"{label + ':':<14} {path}")
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config file"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.lr=1e-4"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
@@ -51,42 +66,17 @@ def train(
 ):
     """Fine-tune a model as described by CONFIG."""
     from tuneforge.config import load_config, require_data
+    from tuneforge.recipes import RECIPES
 
     if overwrite and resume:
         raise UserError("--overwrite and --resume exclude each other: pick one")
     cfg = require_data(load_config(config, overrides or []), str(config))
-    if cfg.recipe == "calibration":
-        from tuneforge.recipes.calibration import run_calibration
-
-        if resume:
-            raise UserError("--resume with recipe: calibration: rerun the unfinished stage instead, "
-                            "e.g. tuneforge calibrate CONFIG --stage tune --resume")
-        _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite))
-        return
-    if cfg.recipe == "preference":
-        from tuneforge.recipes.preference import run_preference
-
-        run = run_preference(cfg, overwrite=overwrite, resume=resume)
-        print(f"\nrun directory: {run}\nreport:        {run / 'report.md'}")
-        return
-    if cfg.recipe == "agent":
-        from tuneforge.recipes.agent import run_agent
-
-        if resume:
-            raise UserError("--resume is not supported with recipe: agent yet; rerun with --overwrite")
-        run = run_agent(cfg, overwrite=overwrite)
-        print(f"\nrun directory: {run}\nlayout:        {run / 'agent.json'}")
-        if (run / "agent.md").is_file():
-            print(f"results:       {run / 'agent.md'}")
-        return
-    from tuneforge.recipes.sft import run_sft
-
-    run = run_sft(cfg, overwrite=overwrite, resume=resume)
-    _print_outputs(run)
+    _run_recipe(ctx, RECIPES[cfg.recipe], cfg, overwrite, resume)
 
 
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config with recipe: calibration"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
     stage: str = typer.Option("all", help="answer | grade | tune | evaluate | all; a later stage reuses the "
@@ -96,7 +86,8 @@ def calibrate(
 ):
     """Calibration tuning, all stages or one: answer questions, grade, tune the uncertainty query, evaluate."""
     from tuneforge.config import load_config, require_data
-    from tuneforge.recipes.calibration import STAGES, run_calibration
+    from tuneforge.recipes.base import check_recipe
+    from tuneforge.recipes.calibration import STAGES, Calibration
 
     cfg = require_data(load_config(config, overrides or []), str(config))
     if cfg.recipe != "calibration":
@@ -105,28 +96,17 @@ def calibrate(
         raise UserError(f"--stage {stage}: choose one of {', '.join(STAGES)} or all")
     if resume and stage != "tune":
         raise UserError("--resume applies to the tune stage only: pass --stage tune --resume")
-    stages = STAGES if stage == "all" else (stage,)
-    _print_calibration_outputs(run_calibration(cfg, overwrite=overwrite, resume=resume, stages=stages))
-
-
-def _print_calibration_outputs(run: Path) -> None:
+    recipe = Calibration(tuple(STAGES) if stage == "all" else (stage,))
+    check_recipe(recipe, cfg, resume=False)  # the tune stage's --resume is the recipe's own
+    run = recipe.run(recipe.session(cfg, overwrite=overwrite, resume=resume, policy=_policy(ctx)))
     print(f"\nrun directory: {run}")
-    for name in ("graded.jsonl", "grading.json", "calibration.json", "calibration.md"):
-        if (run / name).is_file():
-            print(f"  {name}")
-
-
-def _print_outputs(run: Path) -> None:
-    from tuneforge.runs import artifact_path
-
-    print(f"\nrun directory: {run}")
-    print(f"artifact:      {artifact_path(run)}")
-    print(f"report:        {run / 'report.md'}")
-    print(f"loss plot:     {run / 'plots' / 'loss.png'}")
+    for name in recipe.outputs(run):
+        print(f"  {name}")
 
 
 @app.command("compare-methods")
 def compare_methods_cmd(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config of the task (its method is one of those compared)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides"),
     methods: str = typer.Option("full,freeze,lora,dora,ia3,prefix,prompt,bottleneck", help="comma-separated"),
@@ -138,12 +118,13 @@ def compare_methods_cmd(
 
     cfg = require_data(load_config(config, overrides or []), str(config))
     target = out or Path(cfg.output_dir + "-methods")
-    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], target)
+    compare_methods(cfg, [m.strip() for m in methods.split(",") if m.strip()], target, policy=_policy(ctx))
     print(f"table: {target / 'methods.md'}\nchart: {target / 'methods.png'}")
 
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config with a `suites:` list (see examples/eval.yaml)"),
     model: Optional[List[str]] = typer.Option(None, "--model", help="default|base, run dir, adapter or model "
                                               "folder, hub id; LABEL=PATH to name it; repeat for side by side"),
@@ -166,22 +147,22 @@ def eval_cmd(
     if lm_eval:
         if not model:
             raise UserError("--lm-eval needs one --model")
-        run_lm_eval(model[0], list(lm_eval), out or Path("runs/lm-eval"), limit)
+        run_lm_eval(model[0], list(lm_eval), out or Path("runs/lm-eval"), limit, _policy(ctx))
         return
     code = run_eval_command(config, list(model or []), out, baseline, list(fail_if_worse or []), list(suite or []),
-                            list(overrides or []))
+                            list(overrides or []), _policy(ctx))
     if code:
         raise typer.Exit(code)
 
 
 @app.command()
-def serve(base: Optional[str] = typer.Option(None, help="base model (default: the embedded SmolLM2-135M-Instruct)"),
+def serve(ctx: typer.Context, base: Optional[str] = typer.Option(None, help="base model (default: the embedded SmolLM2-135M-Instruct)"),
           adapter: Optional[List[str]] = typer.Option(None, help="NAME=PATH; repeat: each is a `model` name"),
           calibration: Optional[Path] = typer.Option(None, help="calibration run: answers may carry a confidence"),
           host: str = typer.Option("127.0.0.1", help="beyond loopback an API key is required"),
           port: int = typer.Option(8000),
           serve_dir: Path = typer.Option(Path("serve"), help="request log, feedback database"),
-          api_key: Optional[str] = typer.Option(None, help="required as Bearer token; or $TUNEFORGE_API_KEY"),
+          api_key: Optional[str] = typer.Option(None, envvar=API_KEY_ENV, help="required as Bearer token; or $TUNEFORGE_API_KEY"),
           max_tokens_limit: int = typer.Option(1024, min=1),
           max_prompt_tokens: int = typer.Option(4096, min=1),
           max_batch: int = typer.Option(8, min=1, help="concurrent requests sharing one generation")):
@@ -192,7 +173,7 @@ def serve(base: Optional[str] = typer.Option(None, help="base model (default: th
 
     run_server(base, parse_adapter_flags(adapter or []), calibration, host=host, port=port, serve_dir=serve_dir,
                api_key=api_key, max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
-               max_batch=max_batch)
+               max_batch=max_batch, policy=_policy(ctx))
 
 
 @feedback_app.command("export")
@@ -230,17 +211,17 @@ def runs_compare(runs: List[Path] = typer.Argument(..., help="two or more run di
 
 
 @app.command()
-def merge(run: Path = typer.Argument(..., help="run directory or PEFT adapter folder"),
+def merge(ctx: typer.Context, run: Path = typer.Argument(..., help="run directory or PEFT adapter folder"),
           out: Path = typer.Argument(..., help="new folder for the merged HF model"),
           base: Optional[str] = typer.Option(None, help="base model, if not the one recorded in the adapter")):
     """Fold a LoRA adapter into its base and write a standalone HF model folder."""
     from tuneforge.models.merge import merge_run
 
-    print(f"merged model written to {merge_run(run, out, base)}")
+    print(f"merged model written to {merge_run(run, out, base, _policy(ctx))}")
 
 
 @app.command()
-def generate(run: str = typer.Argument(..., help="run directory, adapter or model folder; with --adapter: the base"),
+def generate(ctx: typer.Context, run: str = typer.Argument(..., help="run directory, adapter or model folder; with --adapter: the base"),
              prompt: str = typer.Argument(...),
              max_new_tokens: int = typer.Option(128, min=1),
              temperature: float = typer.Option(0.0, min=0.0),
@@ -255,7 +236,7 @@ def generate(run: str = typer.Argument(..., help="run directory, adapter or mode
     if confidence:
         from tuneforge.calibration.confidence import ConfidenceModel
 
-        answer, p = ConfidenceModel(Path(run)).answer(prompt, max_new_tokens=max_new_tokens)
+        answer, p = ConfidenceModel(Path(run), _policy(ctx)).answer(prompt, max_new_tokens=max_new_tokens)
         print(answer)
         print(f"confidence: {p:.3f}")
         return
@@ -266,7 +247,7 @@ def generate(run: str = typer.Argument(..., help="run directory, adapter or mode
         adapters = parse_adapter_flags(adapter)
         chosen = use or next(iter(adapters))
         base = None if run in ("default", "") else run
-        aset = AdapterSet(base, adapters)
+        aset = AdapterSet(base, adapters, _policy(ctx))
         with aset.use(chosen) as model:
             out = gen(model, aset.tokenizer, [prompt], max_new_tokens=max_new_tokens, temperature=temperature,
                       system=system, seed=0)
@@ -276,13 +257,13 @@ def generate(run: str = typer.Argument(..., help="run directory, adapter or mode
         raise UserError("--use needs --adapter NAME=PATH")
     from tuneforge.models.merge import load_for_inference
 
-    model, tok = load_for_inference(run)
+    model, tok = load_for_inference(run, policy=_policy(ctx))
     print(gen(model, tok, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, system=system,
               seed=0)[0])
 
 
 @app.command()
-def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
+def chat(ctx: typer.Context, run: Path = typer.Argument(..., help="run directory, adapter folder or model folder"),
          max_new_tokens: int = typer.Option(256, min=1),
          system: Optional[str] = typer.Option(None, help="system prompt"),
          confidence: bool = typer.Option(False, "--confidence",
@@ -292,9 +273,9 @@ def chat(run: Path = typer.Argument(..., help="run directory, adapter folder or 
     from tuneforge.models.merge import load_for_inference
 
     if confidence:
-        _confidence_chat(run)
+        _confidence_chat(run, _policy(ctx))
         return
-    model, tok = load_for_inference(run)
+    model, tok = load_for_inference(run, policy=_policy(ctx))
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print("chat ready: empty line or /exit quits, /reset clears the history")
     for line in _user_lines():
@@ -319,10 +300,10 @@ def _user_lines():
         yield line
 
 
-def _confidence_chat(run: Path) -> None:
+def _confidence_chat(run: Path, policy: LoadPolicy) -> None:
     from tuneforge.calibration.confidence import ConfidenceModel
 
-    model = ConfidenceModel(run)
+    model = ConfidenceModel(run, policy)
     print("ask questions (each is answered on its own, with P(correct)); empty line or /exit quits")
     for line in _user_lines():
         answer, p = model.answer(line)
@@ -411,7 +392,7 @@ def _is_toolbench(path: Path) -> bool:
 
 
 @agent_app.command("run")
-def agent_run(run: Path = typer.Argument(..., help="agent run directory"),
+def agent_run(ctx: typer.Context, run: Path = typer.Argument(..., help="agent run directory"),
               instruction: str = typer.Argument(..., help="the task"),
               single: bool = typer.Option(False, "--single", help="the single-model baseline plays every role"),
               max_steps: int = typer.Option(8, min=1),
@@ -422,7 +403,7 @@ def agent_run(run: Path = typer.Argument(..., help="agent run directory"),
     from tuneforge.agent.roles import TaskHeader
     from tuneforge.agent.runtime import AgentRuntime, write_traces
 
-    models = RoleModels(run, single_model=single)
+    models = RoleModels(run, single_model=single, policy=_policy(ctx))
     registry = world_registry()
     runtime = AgentRuntime(models, registry, single_model=single, max_steps=max_steps, tokenizer=models.tokenizer)
     episode = runtime.run([TaskHeader(instruction, registry.specs())])[0]
@@ -438,7 +419,7 @@ def agent_run(run: Path = typer.Argument(..., help="agent run directory"),
 
 
 @agent_app.command("eval")
-def agent_eval(run: Path = typer.Argument(..., help="agent run directory"),
+def agent_eval(ctx: typer.Context, run: Path = typer.Argument(..., help="agent run directory"),
                tests: List[Path] = typer.Argument(..., help="ToolBench or tool-world trajectory files"),
                max_tasks: int = typer.Option(100, min=1, help="tasks per file"),
                max_steps: int = typer.Option(8, min=1, help="step limit of an end-to-end episode"),
@@ -449,7 +430,7 @@ def agent_eval(run: Path = typer.Argument(..., help="agent run directory"),
     from tuneforge.agent.evaluate import evaluate_run
 
     evaluate_run(run, [str(t) for t in tests], max_tasks=max_tasks, max_steps=max_steps, max_length=max_length,
-                 max_new_tokens=max_new_tokens)
+                 max_new_tokens=max_new_tokens, policy=_policy(ctx))
 
 
 def main() -> None:
@@ -484,7 +465,7 @@ def main() -> None:
 def ui(runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories"),
        host: str = typer.Option("127.0.0.1", help="beyond loopback an API key is required"),
        port: int = typer.Option(8765),
-       api_key: Optional[str] = typer.Option(None, help="required by the page; or $TUNEFORGE_API_KEY"),
+       api_key: Optional[str] = typer.Option(None, envvar=API_KEY_ENV, help="required by the page; or $TUNEFORGE_API_KEY"),
        serve_dir: Optional[Path] = typer.Option(None, help="feedback store for the chat (default: RUNS/../serve)")):
     """Web dashboard: runs (live), one run's curves and results, compare, chat with feedback, launch training."""
     from tuneforge.ui.app import run_ui

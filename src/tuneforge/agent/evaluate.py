@@ -14,6 +14,7 @@ from tuneforge.agent.roles import context_segments, fit_to_length, parse_backbon
 from tuneforge.agent.runtime import AgentRuntime, Episode, Generate
 from tuneforge.agent.trajectory import Trajectory
 from tuneforge.errors import UserError
+from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.eval.agent_metrics import EpisodeResult, StepPrediction, episode_metrics, step_metrics
 
 
@@ -144,7 +145,7 @@ SYSTEMS = {"single model": True, "three roles": False}
 
 def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 100, max_steps: int = 8,
                  max_new_tokens: int = 96, max_length: int = 2048, max_observation_chars: int = 1500,
-                 single: bool = True, roles: bool = True, log=print) -> dict:
+                 single: bool = True, roles: bool = True, log=print, policy: LoadPolicy = SAFE) -> dict:
     """Evaluate a trained agent run (both systems it holds) on each test file; writes agent.md and JSON."""
     from tuneforge.agent.models import RoleModels, read_agent_layout
 
@@ -159,7 +160,7 @@ def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 10
               if (single and is_single and layout.get("single")) or (roles and not is_single)}
     results: dict[str, dict] = {f: {} for f in tests}
     for system, is_single in wanted.items():
-        generate = RoleModels(run, single_model=is_single, max_new_tokens=max_new_tokens)
+        generate = RoleModels(run, single_model=is_single, max_new_tokens=max_new_tokens, policy=policy)
         for f, trajectories in tests.items():
             log(f"{system} on {f}...")
             trace = run / "traces" / f"{Path(f).stem}-{system.replace(' ', '-')}.jsonl"

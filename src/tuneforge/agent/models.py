@@ -13,6 +13,9 @@ from pathlib import Path
 from tuneforge.data.formats import Segment
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import generate
+from tuneforge.models.adapters import AdapterSet
+from tuneforge.models.load import SAFE, LoadPolicy
+from tuneforge.models.merge import load_for_inference
 
 AGENT_FILE = "agent.json"  # written by the recipe: where the backbone, roles and baseline live
 
@@ -31,9 +34,8 @@ def _messages(segments: list[Segment]) -> list[dict]:
 class RoleModels:
     """generate(role, prompts) for the runtime and the static evaluation."""
 
-    def __init__(self, run: Path, single_model: bool = False, max_new_tokens: int = 96, batch_size: int = 8):
-        from tuneforge.models.merge import load_for_inference
-
+    def __init__(self, run: Path, single_model: bool = False, max_new_tokens: int = 96, batch_size: int = 8,
+                 policy: LoadPolicy = SAFE):
         layout = read_agent_layout(run)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -44,17 +46,16 @@ class RoleModels:
         if single_model:
             if not layout.get("single"):
                 raise UserError(f"{run} has no single-model baseline (agent.baseline was off)")
-            model, tok = load_for_inference(run / layout["single"])
+            model, tok = load_for_inference(run / layout["single"], policy=policy)
             if hasattr(model, "merge_and_unload"):  # one adapter, never switched: fold it in, generation is faster
                 model = model.merge_and_unload()
             self._models["backbone"] = (model, tok)
         elif layout["adapters"]:
-            from tuneforge.models.adapters import AdapterSet
-
-            self._set = AdapterSet(str(run / layout["base"]), {r: run / p for r, p in layout["roles"].items()})
+            self._set = AdapterSet(str(run / layout["base"]), {r: run / p for r, p in layout["roles"].items()},
+                                   policy)
         else:
             for role, path in layout["roles"].items():
-                self._models[role] = load_for_inference(run / path)
+                self._models[role] = load_for_inference(run / path, policy=policy)
         self.roles = list(layout["roles"])
 
     @property

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.calibration.evaluate import CalibrationModels, load_calibration_info
+from tuneforge.calibration.artifact import CalibrationModels, load_calibration_info
 from tuneforge.calibration.questions import Question
 from tuneforge.calibration.query import QuerySpec, answer_messages, margin_to_confidence, query_text, score_queries
 from tuneforge.eval.generate import generate
+from tuneforge.models.load import SAFE, LoadPolicy
 
 
 class ConfidenceModel:
-    def __init__(self, run: str | Path):
+    def __init__(self, run: str | Path, policy: LoadPolicy = SAFE):
         self.run = Path(run)
         self.info = load_calibration_info(self.run)
-        self.models = CalibrationModels(self.run, self.info)
+        self.models = CalibrationModels(self.run, self.info, policy)
         self.tokenizer = self.models.tokenizer
         self.spec = QuerySpec.from_dict(self.info)
         self.temperature = float(self.info.get("temperature", 1.0))

@@ -7,7 +7,6 @@ The confidence is P(yes) renormalised over the two option tokens, read at the la
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from tuneforge.calibration.questions import Question
 from tuneforge.data.render import Encoded
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import render_prompt
+from tuneforge.models.anatomy import decoder_and_head
 
 ANSWER_MARK = "Proposed answer: "
 
@@ -115,30 +115,6 @@ def encode_query(tokenizer, q: Question, answer: str, correct: bool, spec: Query
                    aux_mask=aux + [False])
 
 
-@contextlib.contextmanager
-def adapter_disabled(model):
-    """The base model's view of an adapter model (PEFT or bottleneck), restored on exit."""
-    from tuneforge.models.bottleneck import is_bottleneck_model, set_bottleneck_enabled
-
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield model
-    elif is_bottleneck_model(model):
-        set_bottleneck_enabled(model, False)
-        try:
-            yield model
-        finally:
-            set_bottleneck_enabled(model, True)
-    else:
-        raise ValueError("the model has no adapter to switch off")
-
-
-def has_adapter(model) -> bool:
-    from tuneforge.models.bottleneck import is_bottleneck_model
-
-    return hasattr(model, "disable_adapter") or is_bottleneck_model(model)
-
-
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # blocks compiled for training would recompile here
 def score_queries(model, tokenizer, texts: list[str], spec: QuerySpec, batch_size: int = 16,
@@ -147,7 +123,6 @@ def score_queries(model, tokenizer, texts: list[str], spec: QuerySpec, batch_siz
 
     Right padding keeps position ids correct without a cache; the last real token is gathered.
     """
-    from tuneforge.models.load import decoder_and_head
     from tuneforge.train.precision import autocast
 
     device = next(model.parameters()).device

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tuneforge.config import SuiteConfig
 from tuneforge.errors import UserError
+from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.eval.suites import main_metric, run_suite
 
 EMBEDDED = ("default", "base")
@@ -75,7 +76,7 @@ def model_labels(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def load_model_spec(path: str):
+def load_model_spec(path: str, policy: LoadPolicy = SAFE):
     """(model, tokenizer) for the embedded model, a run/adapter/model folder or a hub id, on the best device."""
     import torch
 
@@ -84,12 +85,12 @@ def load_model_spec(path: str):
 
     if path in EMBEDDED:
         resolved = resolve_model_path(None)
-        model, tok = load_model(resolved), load_tokenizer(resolved)
+        model, tok = load_model(resolved, policy=policy), load_tokenizer(resolved, policy)
     elif Path(path).expanduser().exists():
-        model, tok = load_for_inference(Path(path).expanduser())
+        model, tok = load_for_inference(Path(path).expanduser(), policy=policy)
     else:
         resolved = resolve_model_path(path)  # a hub id (a missing local path fails here, named)
-        model, tok = load_model(resolved), load_tokenizer(resolved)
+        model, tok = load_model(resolved, policy=policy), load_tokenizer(resolved, policy)
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
@@ -110,7 +111,7 @@ def _check_suites(suites: list[SuiteConfig]) -> None:
 
 
 def evaluate_models(models: list[str], suites: list[SuiteConfig], out_dir: Path, seed: int = 0,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int = 16, policy: LoadPolicy = SAFE) -> dict:
     """Run every suite on every model; write results.json/.md/.png into out_dir; return the results."""
     if not models:
         raise UserError("no model to evaluate: pass --model (default, a run directory, a folder or a hub id)")
@@ -125,7 +126,7 @@ def evaluate_models(models: list[str], suites: list[SuiteConfig], out_dir: Path,
     }
     for label, path in labelled:
         _say(f"loading {label} ({path})")
-        model, tok = load_model_spec(path)
+        model, tok = load_model_spec(path, policy)
         per_suite: dict[str, dict] = {}
         started = time.time()
         for suite in suites:
@@ -331,7 +332,8 @@ def gate(results_new: dict, baseline: dict, rules: list[str]) -> list[str]:
 
 
 def evaluate_with_gate(model: str, baseline_model: str, suites: list[SuiteConfig], out_dir: Path,
-                       rules: list[str], seed: int = 0, batch_size: int = 16) -> tuple[dict, list[str]]:
+                       rules: list[str], seed: int = 0, batch_size: int = 16,
+                       policy: LoadPolicy = SAFE) -> tuple[dict, list[str]]:
     """Evaluate baseline and candidate side by side, then apply the gate; results.* include the verdict."""
     for rule in rules:
         parse_rule(rule)  # fail on a malformed rule before loading any model
@@ -339,7 +341,7 @@ def evaluate_with_gate(model: str, baseline_model: str, suites: list[SuiteConfig
     if base_label == cand_label:
         base_label, cand_label = "baseline", "candidate"
     results = evaluate_models([f"{base_label}={b_spec}", f"{cand_label}={c_spec}"], suites, out_dir, seed,
-                              batch_size)
+                              batch_size, policy)
     violations = gate(model_scores(results, cand_label), model_scores(results, base_label), rules)
     results["gate"] = {"baseline": base_label, "candidate": cand_label, "rules": list(rules),
                        "violations": violations, "passed": not violations}
@@ -349,7 +351,7 @@ def evaluate_with_gate(model: str, baseline_model: str, suites: list[SuiteConfig
 
 def run_eval_command(config: str | Path, models: list[str], out: str | Path | None = None,
                      baseline: str | None = None, fail_if_worse: list[str] = (), suite_names: list[str] = (),
-                     overrides: list[str] = ()) -> int:
+                     overrides: list[str] = (), policy: LoadPolicy = SAFE) -> int:
     """The whole `tuneforge eval` command; returns the exit code (0, or 1 when the gate fails).
 
     With a baseline, exactly one --model is the candidate; without one, --fail-if-worse is refused.
@@ -378,9 +380,9 @@ def run_eval_command(config: str | Path, models: list[str], out: str | Path | No
         if len(models) != 1:
             raise UserError(f"--baseline compares one candidate: pass exactly one --model (got {len(models)})")
         results, violations = evaluate_with_gate(models[0], baseline, suites, out_dir,
-                                                 list(fail_if_worse), seed=cfg.seed)
+                                                 list(fail_if_worse), seed=cfg.seed, policy=policy)
     else:
-        results, violations = evaluate_models(models, suites, out_dir, seed=cfg.seed), []
+        results, violations = evaluate_models(models, suites, out_dir, seed=cfg.seed, policy=policy), []
     print(markdown_table(results))
     if baseline and fail_if_worse:
         if violations:
@@ -397,7 +399,8 @@ def run_eval_command(config: str | Path, models: list[str], out: str | Path | No
 # lm-evaluation-harness (optional)
 
 
-def run_lm_eval(model_spec: str, tasks: list[str], out_dir: str | Path, limit: int | None = None) -> dict:
+def run_lm_eval(model_spec: str, tasks: list[str], out_dir: str | Path, limit: int | None = None,
+                policy: LoadPolicy = SAFE) -> dict:
     """Run lm-evaluation-harness tasks on one of our models; writes out_dir/lm_eval.json."""
     try:
         import lm_eval
@@ -408,7 +411,7 @@ def run_lm_eval(model_spec: str, tasks: list[str], out_dir: str | Path, limit: i
     if not tasks:
         raise UserError("lm-eval: name at least one task, e.g. hellaswag")
     _, path = parse_model_spec(model_spec)
-    model, tok = load_model_spec(path)
+    model, tok = load_model_spec(path, policy)
     out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok), tasks=list(tasks), limit=limit)
     summary = {"model": model_spec, "tasks": list(tasks), "limit": limit, "results": (out or {}).get("results", {})}
     from tuneforge.runs import write_json

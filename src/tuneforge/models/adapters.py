@@ -1,4 +1,5 @@
-"""Many task adapters on one base, switched per call without reloading the base.
+"""Adapters on a base: switching them off (the base's view), and many task adapters on one base,
+switched per call without reloading the base.
 
 PEFT adapters (LoRA, DoRA, IA3; or prefix/prompt ones) are loaded under their names into one
 PeftModel; one bottleneck adapter can sit beside them (its modules are switched on and off).
@@ -11,9 +12,31 @@ import contextlib
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.models.load import check_weights_format, load_model, load_tokenizer, resolve_model_path
-from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, set_bottleneck_enabled
+from tuneforge.models.load import SAFE, LoadPolicy, check_weights_format, load_model, load_tokenizer, resolve_model_path
+from tuneforge.models.bottleneck import (is_bottleneck_dir, is_bottleneck_model, load_bottleneck,
+                                         set_bottleneck_enabled)
 from tuneforge.models.merge import _locate, check_adapter_fits
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """The base model's view of an adapter model (PEFT or bottleneck), restored on exit. Used as the
+    frozen reference (DPO, the calibration regulariser) and the untuned baseline, with no second copy."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    elif is_bottleneck_model(model):
+        set_bottleneck_enabled(model, False)
+        try:
+            yield model
+        finally:
+            set_bottleneck_enabled(model, True)
+    else:
+        raise ValueError("the model has no adapter to switch off")
+
+
+def has_adapter(model) -> bool:
+    return hasattr(model, "disable_adapter") or is_bottleneck_model(model)
 
 
 def parse_adapter_flags(flags: list[str]) -> dict[str, Path]:
@@ -31,10 +54,11 @@ def parse_adapter_flags(flags: list[str]) -> dict[str, Path]:
 
 
 class AdapterSet:
-    def __init__(self, base: str, adapters: dict[str, Path]):
+    def __init__(self, base: str, adapters: dict[str, Path], policy: LoadPolicy = SAFE):
+        self.policy = policy
         self.base_path = resolve_model_path(base)
-        self.model = load_model(self.base_path)
-        self.tokenizer = load_tokenizer(self.base_path)
+        self.model = load_model(self.base_path, policy=policy)
+        self.tokenizer = load_tokenizer(self.base_path, policy)
         self.names: list[str] = []  # PEFT adapters
         self.bottleneck: str | None = None
         self._base_model = self.model
@@ -56,8 +80,8 @@ class AdapterSet:
             return
         if not (found / "adapter_config.json").is_file():
             raise UserError(f"--adapter {name}={path}: not a PEFT adapter folder (no adapter_config.json)")
-        check_weights_format(found, f"--adapter {name}: adapter folder")
-        check_adapter_fits(found, self.base_path)
+        check_weights_format(found, f"--adapter {name}: adapter folder", self.policy)
+        check_adapter_fits(found, self.base_path, self.policy)
         if not self.names:
             self.model = PeftModel.from_pretrained(self.model, found, adapter_name=name)
         else:

@@ -30,14 +30,13 @@ import torch
 from torch import nn
 
 from tuneforge.errors import UserError
+from tuneforge.models.anatomy import ATTN_NAMES, FFN_NAMES, child, find_blocks, unwrap
 
 CONFIG_NAME = "bottleneck_config.json"
 WEIGHTS_NAME = "bottleneck_model.safetensors"
 
 PLACEMENTS = ("houlsby", "pfeiffer")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
-FFN_NAMES = ("mlp", "feed_forward", "ffn")
 ADAPTER_ATTRS = {"attn": "bottleneck_attn", "ffn": "bottleneck_ffn"}
 _CONFIG_ATTR = "_bottleneck_config"
 
@@ -178,42 +177,8 @@ class _AdapterHook:
 # --------------------------------------------------------------------------------------------- locating
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    inner = model
-    while hasattr(inner, "module") and isinstance(inner.module, nn.Module):  # DDP
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return inner
-
-
-def _child(block: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
-    for name in names:
-        sub = getattr(block, name, None)
-        if isinstance(sub, nn.Module):
-            return name, sub
-    return None
-
-
-def find_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks: the longest ModuleList whose elements all have an attention submodule."""
-    best: nn.ModuleList | None = None
-    for _, mod in _unwrap(model).named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            if all(_child(b, ATTN_NAMES) and _child(b, FFN_NAMES) for b in mod):
-                if best is None or len(mod) > len(best):
-                    best = mod
-    if best is None:
-        raise UserError(
-            f"bottleneck: cannot find the decoder blocks of {type(model).__name__} "
-            f"(a ModuleList of blocks with an attention ({'/'.join(ATTN_NAMES)}) and a feed-forward "
-            f"({'/'.join(FFN_NAMES)}) submodule)"
-        )
-    return best
-
-
 def _hidden_size(model: nn.Module) -> int:
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     for key in ("hidden_size", "n_embd", "d_model"):
         value = getattr(config, key, None)
         if isinstance(value, int):
@@ -222,12 +187,12 @@ def _hidden_size(model: nn.Module) -> int:
 
 
 def _model_type(model: nn.Module) -> str:
-    config = getattr(_unwrap(model), "config", None)
-    return str(getattr(config, "model_type", None) or type(_unwrap(model)).__name__)
+    config = getattr(unwrap(model), "config", None)
+    return str(getattr(config, "model_type", None) or type(unwrap(model)).__name__)
 
 
 def _base_name(model: nn.Module) -> str | None:
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap(model), "config", None)
     return getattr(config, "_name_or_path", None) or None
 
 
@@ -253,12 +218,12 @@ def bottleneck_modules(model: nn.Module) -> dict[str, BottleneckAdapter]:
 
 
 def is_bottleneck_model(model: nn.Module) -> bool:
-    return getattr(_unwrap(model), _CONFIG_ATTR, None) is not None
+    return getattr(unwrap(model), _CONFIG_ATTR, None) is not None
 
 
 def get_bottleneck_config(model: nn.Module) -> BottleneckConfig | None:
     """The config the attached adapters were built with (recorded fields filled in), or None."""
-    cfg = getattr(_unwrap(model), _CONFIG_ATTR, None)
+    cfg = getattr(unwrap(model), _CONFIG_ATTR, None)
     return dataclasses.replace(cfg) if cfg is not None else None
 
 
@@ -295,11 +260,11 @@ def attach_bottleneck(model: nn.Module, cfg: BottleneckConfig | dict | None = No
     for block in blocks:
         device = _block_device(block)
         for site in sites:
-            _, sub = _child(block, ATTN_NAMES if site == "attn" else FFN_NAMES)
+            _, sub = child(block, ATTN_NAMES if site == "attn" else FFN_NAMES)
             adapter = BottleneckAdapter(hidden, dim, record.activation, record.scale, device=device)
             block.add_module(ADAPTER_ATTRS[site], adapter)
             sub.register_forward_hook(_AdapterHook(adapter))
-    object.__setattr__(_unwrap(model), _CONFIG_ATTR, record)
+    object.__setattr__(unwrap(model), _CONFIG_ATTR, record)
     return model
 
 
@@ -312,7 +277,7 @@ def detach_bottleneck(model: nn.Module) -> nn.Module:
         return model
     for block in find_blocks(model):
         for names in (ATTN_NAMES, FFN_NAMES):
-            found = _child(block, names)
+            found = child(block, names)
             if found is None:
                 continue
             hooks = found[1]._forward_hooks
@@ -323,7 +288,7 @@ def detach_bottleneck(model: nn.Module) -> nn.Module:
         for attr in ADAPTER_ATTRS.values():
             if attr in block._modules:
                 del block._modules[attr]
-    object.__setattr__(_unwrap(model), _CONFIG_ATTR, None)
+    object.__setattr__(unwrap(model), _CONFIG_ATTR, None)
     return model
 
 
@@ -409,7 +374,7 @@ def load_bottleneck(model: nn.Module, path: str | Path) -> nn.Module:
     have = (_model_type(model), _hidden_size(model), len(blocks))
     want = (cfg.model_type, cfg.hidden_size, cfg.num_layers)
     if any(w is not None and w != h for w, h in zip(want, have)):
-        base = _base_name(model) or type(_unwrap(model)).__name__
+        base = _base_name(model) or type(unwrap(model)).__name__
         raise UserError(
             f"adapter at {path} was trained for {want[0]} hidden {want[1]} x {want[2]} layers; "
             f"base {base} is {have[0]} hidden {have[1]} x {have[2]} layers"

@@ -9,31 +9,16 @@ from pathlib import Path
 import torch
 
 from tuneforge.errors import UserError
+from tuneforge.models.policy import SAFE, LoadPolicy
 
-# Loading safety, switched on per process by the CLI's global flags (or these variables set to 1):
-# pickle weights (.bin/.pt) run code when unpickled, and trust_remote_code runs a model repo's Python.
-ALLOW_PICKLE_ENV = "TUNEFORGE_ALLOW_PICKLE"  # tuneforge --allow-pickle ...
-TRUST_REMOTE_CODE_ENV = "TUNEFORGE_TRUST_REMOTE_CODE"  # tuneforge --trust-remote-code ...
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def allow_pickle() -> bool:
-    return _env_flag(ALLOW_PICKLE_ENV)
-
-
-def trust_remote_code() -> bool:
-    return _env_flag(TRUST_REMOTE_CODE_ENV)
-
-
-def check_weights_format(folder: str | Path, what: str = "model folder") -> None:
+def check_weights_format(folder: str | Path, what: str = "model folder", policy: LoadPolicy = SAFE) -> None:
     """Refuse a local folder whose weights exist only as pickle files unless --allow-pickle was given:
     unpickling runs whatever code the file carries. Folders with safetensors weights always pass."""
     folder = Path(folder)
-    if allow_pickle() or not folder.is_dir() or any(folder.glob("*.safetensors")):
+    if policy.allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
     if pickles:
@@ -67,12 +52,12 @@ def resolve_model_path(name: str | None) -> str:
     return name  # an HF hub id such as "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def _from_pretrained(cls, name: str, weights: bool = False, **kwargs):
+def _from_pretrained(cls, name: str, policy: LoadPolicy, weights: bool = False, **kwargs):
     """cls.from_pretrained with the loading-safety defaults: no remote code unless --trust-remote-code,
     and for model weights (`weights`) safetensors only unless --allow-pickle."""
-    kwargs.setdefault("trust_remote_code", trust_remote_code())
-    if weights and not allow_pickle():
-        check_weights_format(name)
+    kwargs.setdefault("trust_remote_code", policy.trust_remote_code)
+    if weights and not policy.allow_pickle:
+        check_weights_format(name, policy=policy)
         kwargs.setdefault("use_safetensors", True)
     try:
         return cls.from_pretrained(name, **kwargs)
@@ -87,51 +72,39 @@ def _from_pretrained(cls, name: str, weights: bool = False, **kwargs):
                         f"weights-only loader refuses ({(str(e).splitlines() or ['?'])[0][:160]})") from None
 
 
-def load_model_config(name: str):
+def load_model_config(name: str, policy: LoadPolicy = SAFE):
     """The model's AutoConfig (remote code only with --trust-remote-code)."""
     from transformers import AutoConfig
 
     quiet_transformers()
-    return _from_pretrained(AutoConfig, name)
+    return _from_pretrained(AutoConfig, name, policy)
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, policy: LoadPolicy = SAFE):
     from transformers import AutoTokenizer
 
     quiet_transformers()
-    tok = _from_pretrained(AutoTokenizer, name)
+    tok = _from_pretrained(AutoTokenizer, name, policy)
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(name: str, dropout: float | None = None, dtype: torch.dtype = torch.float32):
+def load_model(name: str, dropout: float | None = None, dtype: torch.dtype = torch.float32,
+               policy: LoadPolicy = SAFE):
     """fp32 master weights by default; compute runs in bf16 under autocast when the hardware has it."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
-    config = _from_pretrained(AutoConfig, name)
+    config = _from_pretrained(AutoConfig, name, policy)
     if dropout is not None:
         for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                     "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    return _from_pretrained(AutoModelForCausalLM, name, weights=True, config=config, dtype=dtype)
+    return _from_pretrained(AutoModelForCausalLM, name, policy, weights=True, config=config, dtype=dtype)
 
 
-def load_model_and_tokenizer(name: str | None, dropout: float | None = None):
+def load_model_and_tokenizer(name: str | None, dropout: float | None = None, policy: LoadPolicy = SAFE):
     path = resolve_model_path(name)
-    return load_model(path, dropout), load_tokenizer(path), path
-
-
-def decoder_and_head(model):
-    """The transformer body and the output projection, under any PEFT or DDP wrapping.
-
-    Training calls the body and applies the head only where loss is taken.
-    """
-    inner = model
-    while hasattr(inner, "module"):  # DDP
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings()
+    return load_model(path, dropout, policy=policy), load_tokenizer(path, policy), path

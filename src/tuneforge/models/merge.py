@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.models.load import (check_weights_format, load_model, load_model_config, load_tokenizer,
+from tuneforge.models.load import (SAFE, LoadPolicy, check_weights_format, load_model, load_model_config, load_tokenizer,
                                    resolve_model_path)
-from tuneforge.models.bottleneck import is_bottleneck_dir, load_bottleneck, read_bottleneck_config
-from tuneforge.models.methods import METHODS
-from tuneforge.runs import atomic_dir
+from tuneforge.models.bottleneck import is_bottleneck_dir, read_bottleneck_config
+from tuneforge.models.methods import METHODS, artifact_method
+from tuneforge.atomic import atomic_dir
 
 
 def _run_method(found: Path) -> str | None:
@@ -45,14 +45,14 @@ def adapter_base(adapter_dir: Path) -> str:
     return base
 
 
-def check_adapter_fits(adapter_dir: Path, base_path: str) -> None:
+def check_adapter_fits(adapter_dir: Path, base_path: str, policy: LoadPolicy = SAFE) -> None:
     """Refuse an adapter trained for another architecture or size, naming both, before PEFT hits a shape error."""
     trained_for = adapter_base(adapter_dir)
     try:
-        want = load_model_config(resolve_model_path(trained_for))
+        want = load_model_config(resolve_model_path(trained_for), policy)
     except UserError:
         return  # the original base is not available here: nothing to compare against
-    have = load_model_config(base_path)
+    have = load_model_config(base_path, policy)
 
     def shape(c):
         return (c.model_type, getattr(c, "hidden_size", None), getattr(c, "num_hidden_layers", None))
@@ -63,29 +63,27 @@ def check_adapter_fits(adapter_dir: Path, base_path: str) -> None:
                         f"but the base {base_path} is {h[0]}, hidden {h[1]} x {h[2]} layers")
 
 
-def load_for_inference(path: str | Path, base: str | None = None):
-    """(model, tokenizer) ready for generation; adapters are loaded onto their base with PEFT."""
+def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPolicy = SAFE):
+    """(model, tokenizer) ready for generation; an adapter is loaded onto its base by its method's loader."""
     found = _locate(path)
-    if is_bottleneck_dir(found):
-        bcfg = read_bottleneck_config(found)
-        base_path = resolve_model_path(base or bcfg.base_model)
-        model = load_bottleneck(load_model(base_path), found)
-    elif (found / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        check_weights_format(found, "adapter folder")
-        base_path = resolve_model_path(base or adapter_base(found))
-        if base:
-            check_adapter_fits(found, base_path)
-        model = PeftModel.from_pretrained(load_model(base_path), found)
+    method = artifact_method(found)
+    if method is None:
+        model = load_model(str(found), policy=policy)
     else:
-        model = load_model(str(found))
-    tok = load_tokenizer(str(found))
+        if is_bottleneck_dir(found):
+            base_path = resolve_model_path(base or read_bottleneck_config(found).base_model)
+        else:
+            check_weights_format(found, "adapter folder", policy)
+            base_path = resolve_model_path(base or adapter_base(found))
+            if base:
+                check_adapter_fits(found, base_path, policy)
+        model = method.load(load_model(base_path, policy=policy), found)
+    tok = load_tokenizer(str(found), policy)
     model.eval()
     return model, tok
 
 
-def merge_run(path: str | Path, out: str | Path, base: str | None = None) -> Path:
+def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy: LoadPolicy = SAFE) -> Path:
     found = _locate(path)
     method = "bottleneck" if is_bottleneck_dir(found) else _run_method(found)
     if method and not METHODS[method].mergeable and METHODS[method].why_not_mergeable:
@@ -99,7 +97,7 @@ def merge_run(path: str | Path, out: str | Path, base: str | None = None) -> Pat
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output {out} already exists and is not empty; choose a new folder")
-    model, tok = load_for_inference(found, base)
+    model, tok = load_for_inference(found, base, policy)
     merged = model.merge_and_unload()
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

@@ -1,17 +1,32 @@
-"""The method registry: name -> how to make a model trainable and how to save the result.
+"""The method registry: name -> how to make a model trainable, how to save and load the result, and
+which recipes it serves.
 
 The loop never asks which method it runs; it trains whatever parameters require grad. A new
-method plugs in by adding one `Method` entry here.
+method plugs in by adding one `Method` entry here; nothing else names methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
 from tuneforge.errors import UserError
+from tuneforge.models.anatomy import find_blocks
+from tuneforge.models.bottleneck import (BottleneckConfig, attach_bottleneck, is_bottleneck_dir, load_bottleneck,
+                                         save_bottleneck)
+
+
+def _save_pretrained(model: nn.Module, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def _load_peft(base: nn.Module, folder: Path) -> nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, folder)
 
 
 @dataclass
@@ -21,14 +36,14 @@ class Method:
     mergeable: bool = False  # can `tuneforge merge` fold it into the base weights?
     virtual_tokens: bool = False  # prefix/prompt: PEFT's own forward adds virtual tokens; no packing
     why_not_mergeable: str = ""
+    save: Callable[[nn.Module, Path], None] = _save_pretrained  # the trained model -> its artifact folder
+    # (base model, adapter folder) -> the adapted model; None for methods whose artifact is a whole model
+    load: Callable[[nn.Module, Path], nn.Module] | None = None
+    refuses: dict[str, str] = field(default_factory=dict)  # recipe -> why this method cannot serve it
 
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks: the longest ModuleList in the model (layers, h, blocks, ...)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise UserError("cannot find the transformer blocks of this model for method 'freeze'")
-    return max(lists, key=len)
+    @property
+    def artifact_name(self) -> str:
+        return "adapter" if self.adapter else "model"
 
 
 def _apply_full(model, cfg):
@@ -38,7 +53,7 @@ def _apply_full(model, cfg):
 
 def _apply_freeze(model, cfg):
     model.requires_grad_(False)
-    blocks = transformer_blocks(model)
+    blocks = find_blocks(model)
     if cfg.trainable_layers > len(blocks):
         raise UserError(f"method.trainable_layers={cfg.trainable_layers} but the model has {len(blocks)} blocks")
     for block in list(blocks)[len(blocks) - cfg.trainable_layers:]:
@@ -113,7 +128,6 @@ def _apply_prompt(model, cfg, tokenizer_path: str | None = None):
 
 
 def _apply_bottleneck(model, cfg):
-    from tuneforge.models.bottleneck import BottleneckConfig, attach_bottleneck
 
     bcfg = BottleneckConfig(size=cfg.size, reduction_factor=cfg.reduction_factor, placement=cfg.placement,
                             activation=cfg.activation, scale=cfg.scale, base_model=model.name_or_path)
@@ -122,22 +136,54 @@ def _apply_bottleneck(model, cfg):
 
 _VIRTUAL = "it adds learned virtual tokens in front of every input; there are no weights to fold it into. " \
            "Serve the adapter folder instead (tuneforge generate RUN, or PeftModel.from_pretrained)"
+# Why a method cannot serve a recipe; the registry is the one place that decides it.
+_VIRTUAL_REFUSES = {
+    "preference": "its virtual tokens go in front of each sequence, which breaks the packed chosen/rejected pair",
+    "calibration": "the query's option logits are read at one position, which virtual tokens shift",
+    "agent": "stage 1 is merged into the base the roles share, and this adapter cannot be merged",
+}
+_UNMERGEABLE_REFUSES = {"agent": _VIRTUAL_REFUSES["agent"]}
+
+
+def _save_bottleneck(model: nn.Module, folder: Path) -> None:
+    save_bottleneck(model, None, folder)
+
+
 METHODS: dict[str, Method] = {
     "full": Method(_apply_full, adapter=False),
     "freeze": Method(_apply_freeze, adapter=False),
-    "lora": Method(_apply_lora, adapter=True, mergeable=True),
-    "dora": Method(_apply_dora, adapter=True, mergeable=True),
-    "ia3": Method(_apply_ia3, adapter=True, mergeable=True),
-    "prefix": Method(_apply_prefix, adapter=True, virtual_tokens=True,
+    "lora": Method(_apply_lora, adapter=True, mergeable=True, load=_load_peft),
+    "dora": Method(_apply_dora, adapter=True, mergeable=True, load=_load_peft),
+    "ia3": Method(_apply_ia3, adapter=True, mergeable=True, load=_load_peft),
+    "prefix": Method(_apply_prefix, adapter=True, virtual_tokens=True, load=_load_peft, refuses=_VIRTUAL_REFUSES,
                      why_not_mergeable="prefix tuning adds learned key/value prefixes at every layer, not a weight "
                                        "delta. Serve the adapter folder instead (tuneforge generate RUN, or "
                                        "PeftModel.from_pretrained)"),
-    "prompt": Method(_apply_prompt, adapter=True, virtual_tokens=True, why_not_mergeable=f"prompt tuning: {_VIRTUAL}"),
-    "bottleneck": Method(_apply_bottleneck, adapter=True,
+    "prompt": Method(_apply_prompt, adapter=True, virtual_tokens=True, load=_load_peft, refuses=_VIRTUAL_REFUSES,
+                     why_not_mergeable=f"prompt tuning: {_VIRTUAL}"),
+    "bottleneck": Method(_apply_bottleneck, adapter=True, save=_save_bottleneck, load=load_bottleneck,
+                         refuses=_UNMERGEABLE_REFUSES,
                          why_not_mergeable="bottleneck adapters add new nonlinear modules (down-project, activation, "
                                            "up-project) that no weight of the base can absorb. Serve the run "
                                            "instead (tuneforge generate RUN --adapter ...)"),
 }
+
+
+def check_serves(method: str, recipe: str) -> None:
+    """Refuse, before anything loads, a method the recipe cannot use, naming the ones it can."""
+    why = METHODS[method].refuses.get(recipe)
+    if why:
+        usable = ", ".join(name for name, m in METHODS.items() if recipe not in m.refuses)
+        raise UserError(f"method: {method} is not supported by recipe: {recipe} ({why}); use one of {usable}")
+
+
+def artifact_method(folder: Path) -> Method | None:
+    """The method whose loader reads this artifact folder; None for a whole model folder."""
+    if is_bottleneck_dir(folder):
+        return METHODS["bottleneck"]
+    if (folder / "adapter_config.json").is_file():
+        return METHODS["lora"]  # every PEFT adapter folder loads the same way
+    return None
 
 
 def apply_method(model, method_cfg):

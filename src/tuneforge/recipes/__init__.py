@@ -1,0 +1,9 @@
+"""The recipes `tuneforge train` dispatches on, by the config's `recipe:` value."""
+
+from tuneforge.recipes.agent import Agent
+from tuneforge.recipes.base import Recipe
+from tuneforge.recipes.calibration import Calibration
+from tuneforge.recipes.preference import Preference
+from tuneforge.recipes.sft import SFT
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (SFT(), Preference(), Agent(), Calibration())}

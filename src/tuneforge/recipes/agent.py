@@ -17,27 +17,23 @@ same data for as many steps as both stages together, so the comparison is fair.
 
 from __future__ import annotations
 
-import gc
 import time
 from pathlib import Path
 
-import torch
-
-from tuneforge.agent.evaluate import load_trajectories
+from tuneforge.agent.evaluate import evaluate_run, load_trajectories
 from tuneforge.agent.models import AGENT_FILE
 from tuneforge.agent.roles import build_role_examples, fit_to_length
 from tuneforge.agent.trajectory import Trajectory
-from tuneforge.config import Config, StageTrain, dump_config
+from tuneforge.atomic import write_json
+from tuneforge.config import Config, StageTrain
 from tuneforge.data.dataset import encode_split, hold_out
 from tuneforge.data.formats import Example
 from tuneforge.errors import UserError
+from tuneforge.models.load import resolve_model_path
+from tuneforge.models.merge import merge_run
 from tuneforge.models.methods import METHODS
-from tuneforge.runs import check_run_dir, create_run_dir, write_json
-from tuneforge.atomic import atomic_write_text
-
-
-def say(msg: str) -> None:
-    print(f"[tuneforge] {msg}", flush=True)
+from tuneforge.recipes.base import RecipeBase
+from tuneforge.train.session import Session
 
 
 def stage_config(cfg: Config, stage: StageTrain) -> Config:
@@ -62,56 +58,49 @@ def _split(trajectories: list[Trajectory], cfg: Config) -> tuple[list[Trajectory
     return hold_out(trajectories, cfg.data.val_ratio, cfg.seed)
 
 
-def _train_stage(name: str, model_path: str, role: str, train_t, val_t, cfg: Config, stage: StageTrain,
-                 run: Path) -> tuple[Path, int]:
+def _train_stage(run: Session, name: str, model_path: str, role: str, train_t, val_t, stage: StageTrain
+                 ) -> tuple[Path, int]:
     """Fine-tune model_path on one role's examples; returns the artifact folder and the steps taken."""
-    from accelerate.utils import set_seed
-
-    from tuneforge.data.render import setup_chat_template
-    from tuneforge.models.load import load_model_and_tokenizer
-    from tuneforge.recipes.sft import prepare_model, save_artifact, train_method
-
-    scfg = stage_config(cfg, stage)
-    set_seed(cfg.seed)
-    model, tokenizer, _ = load_model_and_tokenizer(model_path, scfg.train.dropout)
-    setup_chat_template(tokenizer, cfg.data.chat_template, model_path)
+    cfg = run.cfg
+    s = run.stage(stage_config(cfg, stage), name)
+    s.load_model(model_path)
     train_ex, skipped = build_role_examples(train_t, role)
     val_ex, _ = build_role_examples(val_t, role)
-    train = encode_split(_fitted(train_ex, tokenizer, cfg.data.max_length), tokenizer, cfg.data)
-    val = encode_split(_fitted(val_ex, tokenizer, cfg.data.max_length), tokenizer, cfg.data)
+    train = encode_split(_fitted(train_ex, s.tokenizer, cfg.data.max_length), s.tokenizer, cfg.data)
+    val = encode_split(_fitted(val_ex, s.tokenizer, cfg.data.max_length), s.tokenizer, cfg.data)
     if not train.encoded:
         raise UserError(f"agent stage {name}: no usable {role} examples in {cfg.data.train}: {len(train_ex)} built "
                         f"(skipped steps: {dict(skipped) or 'none'}), {train.dropped} dropped and "
                         f"{train.no_target} cut before their target by data.max_length {cfg.data.max_length}; "
                         "raise data.max_length or check the trajectories")
-    say(f"stage {name}: {len(train.encoded)} {role} examples ({len(val.encoded)} validation), "
-        f"{train.truncated} truncated" + (f", skipped steps: {dict(skipped)}" if skipped else ""))
-    out = run / name
-    accelerator, _, amp = prepare_model(model, scfg, train.encoded)
-    model, result, _, _ = train_method(model, tokenizer, train.encoded, val.encoded, scfg, out, accelerator, amp,
-                                       log=say)
-    artifact = save_artifact(model, tokenizer, out, cfg.method.name)
-    # The accelerator holds the prepared model and optimizer: release them before the next stage
-    # loads its own model, or five stages keep five models and their optimizer states alive.
-    accelerator.free_memory()
-    del model
-    gc.collect()
+    s.log(f"stage {name}: {len(train.encoded)} {role} examples ({len(val.encoded)} validation), "
+          f"{train.truncated} truncated" + (f", skipped steps: {dict(skipped)}" if skipped else ""))
+    s.start(record_config=False)
+    s.prepare(train.encoded)
+    result = s.fit(train.encoded, val.encoded)
+    artifact = s.save_artifact()
+    s.release()
     return artifact, result.steps
 
 
-def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
-    from tuneforge.models.load import resolve_model_path
-    from tuneforge.models.merge import merge_run
+class Agent(RecipeBase):
+    name = "agent"
+    resumable = False
+    resume_hint = "rerun with --overwrite"
 
-    started = time.time()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    run = check_run_dir(cfg.output_dir, overwrite, False)
+    def outputs(self, run: Path) -> dict[str, Path]:
+        out = {"layout": run / AGENT_FILE}
+        if (run / "agent.md").is_file():
+            out["results"] = run / "agent.md"
+        return out
+
+    def run(self, session: Session) -> Path:
+        return run_agent(session)
+
+
+def run_agent(session: Session) -> Path:
+    cfg, run, say = session.cfg, session.run, session.log
     method = METHODS[cfg.method.name]
-    if method.adapter and not method.mergeable:
-        raise UserError(f"method: {cfg.method.name} is not supported by recipe: agent (stage 1 is merged into "
-                        "the base the roles share, and this adapter cannot be merged); use lora, dora, ia3, "
-                        "freeze or full")
     policy = "skip" if cfg.agent.bad_steps == "skip" else "reject"
     problems: list[dict] = []
     trajectories, summary = load_trajectories(cfg.data.train, policy, problems)
@@ -120,8 +109,7 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
         trajectories = trajectories[: cfg.data.max_examples]
     train_t, val_t = _split(trajectories, cfg)
     base = resolve_model_path(cfg.model)
-    create_run_dir(run, overwrite, False)
-    atomic_write_text(run / "config.yaml", dump_config(cfg))
+    session.start()
     write_json(run / "data_report.json", {"summary": summary, "policy": policy, "problems": problems})
     if problems:
         say(f"{len(problems)} problems in the training trajectories (their tasks are skipped); "
@@ -129,9 +117,9 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
     adapters = method.adapter
 
     # Stage 1: global fine-tuning of the backbone on whole trajectories.
-    g_artifact, g_steps = _train_stage("global", base, "backbone", train_t, val_t, cfg, cfg.agent.global_stage, run)
+    g_artifact, g_steps = _train_stage(session, "global", base, "backbone", train_t, val_t, cfg.agent.global_stage)
     if adapters:
-        shared = merge_run(g_artifact, run / "global" / "merged")
+        shared = merge_run(g_artifact, run / "global" / "merged", policy=session.policy)
     else:
         shared = g_artifact
     say(f"stage 1 done: {g_steps} steps; the roles start from {shared}")
@@ -140,7 +128,7 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
     roles, local_steps = {}, 0
     for role in cfg.agent.roles:
         stage = cfg.agent.role_stage.get(role) or cfg.agent.local_stage
-        artifact, steps = _train_stage(f"roles/{role}", str(shared), role, train_t, val_t, cfg, stage, run)
+        artifact, steps = _train_stage(session, f"roles/{role}", str(shared), role, train_t, val_t, stage)
         roles[role] = str(artifact.relative_to(run))
         local_steps += steps
 
@@ -150,16 +138,14 @@ def run_agent(cfg: Config, *, overwrite: bool = False) -> Path:
         # Same data, same total optimizer steps as both stages together, from the same base.
         total = g_steps + local_steps
         single_stage = cfg.agent.global_stage.model_copy(update={"max_steps": total, "epochs": None})
-        artifact, steps = _train_stage("single", base, "backbone", train_t, val_t, cfg, single_stage, run)
+        artifact, steps = _train_stage(session, "single", base, "backbone", train_t, val_t, single_stage)
         layout["single"] = str(artifact.relative_to(run))
         layout["steps"]["single"] = steps
     write_json(run / AGENT_FILE, layout)
-    say(f"trained in {time.time() - started:.0f} s")
+    say(f"trained in {time.time() - session.started:.0f} s")
 
     if cfg.agent.test:
-        from tuneforge.agent.evaluate import evaluate_run
-
         evaluate_run(run, cfg.agent.test, max_tasks=cfg.agent.eval_max_tasks, max_steps=cfg.agent.episode_max_steps,
                      max_new_tokens=cfg.agent.max_new_tokens, max_length=cfg.data.max_length,
-                     max_observation_chars=cfg.agent.max_observation_chars, log=say)
+                     max_observation_chars=cfg.agent.max_observation_chars, log=say, policy=session.policy)
     return run

@@ -15,8 +15,9 @@ import yaml
 
 from tuneforge.config import Config
 from tuneforge.errors import UserError
-from tuneforge.runs import write_json
-from tuneforge.atomic import atomic_write_text
+from tuneforge.atomic import atomic_write_text, write_json
+from tuneforge.models.load import SAFE, LoadPolicy
+from tuneforge.models.methods import METHODS
 
 # Learning rates that suit each method on small models (soft prompts and IA3 need far larger steps
 # than weight deltas); a config's own train.lr is used for the method it names.
@@ -41,9 +42,8 @@ def method_configs(cfg: Config, methods: list[str], out: Path) -> dict[str, dict
     return runs
 
 
-def compare_methods(cfg: Config, methods: list[str], out: Path, overwrite: bool = False) -> Path:
-    from tuneforge.models.methods import METHODS
-
+def compare_methods(cfg: Config, methods: list[str], out: Path, overwrite: bool = False,
+                    policy: LoadPolicy = SAFE) -> Path:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown {unknown}; available: {', '.join(METHODS)}")
@@ -53,7 +53,8 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, overwrite: bool 
         cfg_path = out / f"{name}.yaml"
         atomic_write_text(cfg_path, yaml.safe_dump(raw, sort_keys=False))
         print(f"[tuneforge] compare-methods: training {name}...", flush=True)
-        cmd = [sys.executable, "-c", "from tuneforge.cli import main; main()", "train", str(cfg_path)]
+        cmd = [sys.executable, "-c", "from tuneforge.cli import main; main()", *policy.cli_flags(),
+               "train", str(cfg_path)]
         if overwrite or (out / name).exists():
             cmd.append("--overwrite")
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -21,6 +21,7 @@ import torch
 from tuneforge.eval.generate import Prompt, _autocast, _seeded, generation_config, render_prompt
 from tuneforge.errors import UserError
 from tuneforge.models.adapters import AdapterSet
+from tuneforge.models.policy import SAFE, LoadPolicy
 
 
 @dataclass
@@ -33,13 +34,13 @@ class Generation:
 
 class ServedModels:
     def __init__(self, base: str | None, adapters: dict[str, Path], calibration: Path | None = None,
-                 device: str | None = None, bf16: bool | None = None):
+                 device: str | None = None, bf16: bool | None = None, policy: LoadPolicy = SAFE):
         """Load `base` (None: the embedded default model) once with its adapters; `calibration` is an
         optional calibration run used for `confidence`. `device`: default cuda when available, else cpu;
         `bf16`: bf16 autocast for generation (default: on for cuda when supported, off on cpu)."""
         if "base" in adapters:
             raise UserError("adapter name 'base' is reserved for the model without adapters")
-        self.adapter_set = AdapterSet(base, dict(adapters))
+        self.adapter_set = AdapterSet(base, dict(adapters), policy)
         self.tokenizer = self.adapter_set.tokenizer
         self._count_tok = copy.deepcopy(self.tokenizer)  # see module docstring: no shared Rust borrow
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -65,7 +66,7 @@ class ServedModels:
         if self.calibration is not None:
             from tuneforge.calibration.confidence import ConfidenceModel
 
-            cm = ConfidenceModel(self.calibration)
+            cm = ConfidenceModel(self.calibration, policy)
             cm.models.tuned.to(self.device)
             if cm.models._base is not None:
                 cm.models._base.to(self.device)

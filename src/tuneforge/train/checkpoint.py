@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -54,8 +53,6 @@ def _write(path: Path, write) -> None:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-    # Test-only hook (tests/test_fault_tolerance.py): widen the window between files so a kill lands mid-save.
-    time.sleep(float(os.environ.get("TUNEFORGE_TEST_SLOW_SAVE", "0")))
 
 
 def _remove(path: Path) -> None:

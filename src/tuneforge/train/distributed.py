@@ -21,6 +21,7 @@ from torch import nn
 
 from tuneforge.config import TrainConfig
 from tuneforge.errors import UserError
+from tuneforge.models.anatomy import find_blocks
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -69,8 +70,6 @@ def shard(loss_model: nn.Module, model: nn.Module) -> tuple[nn.Module, dict[str,
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from tuneforge.models.methods import transformer_blocks
-
     tensors = [*loss_model.parameters(), *loss_model.buffers()]
     with torch.no_grad():
         for t in tensors:  # like DDP: every rank starts from rank 0's weights
@@ -82,7 +81,7 @@ def shard(loss_model: nn.Module, model: nn.Module) -> tuple[nn.Module, dict[str,
     module_names = {id(m): n for n, m in loss_model.named_modules()}
     own_names = {id(p): n for n, p in model.named_parameters()}
     twin_to_own = {n: own_names[id(p)] for n, p in loss_model.named_parameters() if id(p) in own_names}
-    for block in transformer_blocks(model):
+    for block in find_blocks(model):
         fully_shard(twin.get_submodule(module_names[id(block)]))
     fully_shard(twin)
     with torch.no_grad():

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, read_
 from tuneforge.train.distributed import (broadcast_object, copy_full_into, full, full_optimizer_state,
                                          gather_object, local_numel, no_sync, parallel_strategy, shard,
                                          unshard_into)
-from tuneforge.train.forward import TargetLoss
+from tuneforge.train.losses.target import TargetLoss
 from tuneforge.train.precision import autocast
 
 
@@ -88,21 +87,21 @@ def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainCo
 
 def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig, *, run_dir: Path, seed: int,
                pad_id: int, accelerator, amp_dtype, resume: bool = False, log=print,
-               loss_model: torch.nn.Module | None = None) -> LoopResult:
+               loss_model: torch.nn.Module | None = None, observe=None) -> LoopResult:
     """`loss_model` (default: TargetLoss) maps a collated batch to a summed loss over its targets; it may
-    ask for more batch fields with an `extra_fields` attribute (see data.pack.collate)."""
+    ask for more batch fields with an `extra_fields` attribute (see data.pack.collate). `observe`, if
+    given, is called on every rank with one dict per event (the plan, each step's examples, each save):
+    what tests of the distributed and resume behaviour compare."""
     device = accelerator.device
     row_length = max(len(e.ids) for e in train)
     lengths = [len(e.ids) for e in train]
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     strategy = parallel_strategy(cfg, accelerator)
     say = log if main else (lambda *_: None)
-    trace_dir = os.environ.get("TUNEFORGE_TEST_TRACE")  # test-only: what each rank trained on and saved
 
     def trace(**event):
-        if trace_dir:
-            with open(Path(trace_dir) / f"rank{rank}.jsonl", "a") as f:
-                f.write(json.dumps(event) + "\n")
+        if observe is not None:
+            observe(event)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = run_dir / "checkpoints"

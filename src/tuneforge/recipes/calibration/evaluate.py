@@ -7,61 +7,33 @@ full/freeze runs); the tuned model and its temperature come from the tune stage.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-
+from tuneforge.atomic import atomic_write_text, write_json
+from tuneforge.calibration.artifact import CalibrationModels, load_calibration_info
 from tuneforge.calibration.baselines import sampling_confidence, verbalized_confidence
 from tuneforge.calibration.fit import Probe
-from tuneforge.calibration.query import (QuerySpec, adapter_disabled, answer_messages, has_adapter,
-                                         margin_to_confidence, query_text, score_queries)
-from tuneforge.calibration.tune import CALIBRATION_FILE
-from tuneforge.config import Config
+from tuneforge.calibration.query import QuerySpec, answer_messages, margin_to_confidence, query_text, score_queries
 from tuneforge.errors import UserError
 from tuneforge.eval.uncertainty import comparison_chart, markdown_table, reliability_diagram, summarize
-from tuneforge.runs import write_json
-from tuneforge.atomic import atomic_write_text
+from tuneforge.recipes.calibration.answer import few_shot_examples
+from tuneforge.recipes.calibration.files import load_run_graded
+from tuneforge.train.precision import resolve_precision
+from tuneforge.train.session import Session
 
 SPLITS = ("test", "shift")
 RESULTS_JSON = "calibration_results.json"
 RESULTS_MD = "calibration.md"
 
 
-def load_calibration_info(run: Path) -> dict:
-    path = run / CALIBRATION_FILE
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run the 'tune' stage first (tuneforge calibrate CONFIG --stage tune)")
-    return json.loads(path.read_text())
-
-
-class CalibrationModels:
-    """The tuned model and a way to get the untuned one (same weights with the adapter off, if possible)."""
-
-    def __init__(self, run: Path, info: dict):
-        from tuneforge.data.render import setup_chat_template
-        from tuneforge.models.load import load_model
-        from tuneforge.models.merge import load_for_inference
-
-        self.tuned, self.tokenizer = load_for_inference(run / info["artifact"])
-        setup_chat_template(self.tokenizer, info.get("chat_template"), info["model"])
-        self._base = None if has_adapter(self.tuned) else load_model(info["model"]).eval()
-
-    def base(self):
-        import contextlib
-
-        return adapter_disabled(self.tuned) if self._base is None else contextlib.nullcontext(self._base)
-
-
-def evaluate_stage(cfg: Config, run: Path) -> dict:
-    from tuneforge.recipes.calibration import few_shot_examples, load_run_graded, say
-    from tuneforge.train.precision import resolve_precision
-
+def evaluate_stage(session: Session) -> dict:
+    cfg, run, say = session.cfg, session.run, session.log
     cal = cfg.calibration
     info = load_calibration_info(run)
     graded = load_run_graded(run)
     spec = QuerySpec.from_dict(info)
-    models = CalibrationModels(run, info)
+    models = CalibrationModels(run, info, session.policy)
     tok = models.tokenizer
     device = next(models.tuned.parameters()).device
     amp = resolve_precision(cfg.train.precision, device)

@@ -1,4 +1,4 @@
-"""The model as the loop sees it: token batch in, summed target cross-entropy out.
+"""The default loss: token batch in, summed target cross-entropy out (SFT, and every recipe that predicts text).
 
 Wrapping body + fused loss in one nn.Module keeps DDP/FSDP hooks intact (the wrapper is what
 accelerate prepares) while the lm_head still runs only at target positions.
@@ -8,17 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from tuneforge.models.load import decoder_and_head
-from tuneforge.train.losses import linear_cross_entropy_sum
-
-
-def compile_blocks(model: nn.Module) -> None:
-    """torch.compile each decoder block: the blocks share one compiled graph, so compiling costs about
-    one block's worth of time instead of the whole body's (measured: bench/bench_levers.py)."""
-    from tuneforge.models.methods import transformer_blocks
-
-    for block in transformer_blocks(model):
-        block.compile(dynamic=True)
+from tuneforge.models.anatomy import decoder_and_head
+from tuneforge.train.losses.fused_ce import linear_cross_entropy_sum
 
 
 def uses_virtual_tokens(model: nn.Module) -> bool:

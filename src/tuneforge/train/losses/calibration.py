@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuneforge.calibration.query import adapter_disabled
-from tuneforge.models.load import decoder_and_head
+from tuneforge.models.adapters import adapter_disabled
+from tuneforge.models.anatomy import decoder_and_head
 
 
 def divergence(base_logp: torch.Tensor, tuned_logp: torch.Tensor, kind: str) -> torch.Tensor:

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.calibration.query import adapter_disabled, has_adapter
+from tuneforge.models.adapters import adapter_disabled, has_adapter
 from tuneforge.data.pack import collate, plan_micro_batches
 from tuneforge.data.render import Encoded
 from tuneforge.errors import UserError
-from tuneforge.models.load import decoder_and_head
-from tuneforge.train.forward import uses_virtual_tokens
+from tuneforge.models.anatomy import decoder_and_head
+from tuneforge.train.losses.target import uses_virtual_tokens
 from tuneforge.train.precision import autocast
 
 

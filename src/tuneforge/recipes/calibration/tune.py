@@ -1,0 +1,88 @@
+"""The tune stage: graded answers -> uncertainty queries -> THE loop with the calibration loss -> calibration.json.
+
+The training examples are the query about each graded answer with the right option ("yes" when the
+answer was correct) as the only target.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from accelerate.utils import set_seed
+
+from tuneforge.atomic import write_json
+from tuneforge.calibration.artifact import CALIBRATION_FILE, PROBE_FILE
+from tuneforge.calibration.balance import balance, check_both_classes, encode_items
+from tuneforge.calibration.fit import fit_probe, fit_temperature
+from tuneforge.calibration.query import make_query_spec, query_text, score_queries
+from tuneforge.recipes.calibration.files import load_run_graded
+from tuneforge.train.losses.calibration import CalibrationLoss
+from tuneforge.train.session import Session
+
+
+def tune_stage(session: Session) -> dict:
+    cfg, run, say = session.cfg, session.run, session.log
+    cal = cfg.calibration
+    set_seed(cfg.seed)
+    graded = load_run_graded(run)
+    train_items = [g for g in graded if g.split == "train"]
+    val_items = [g for g in graded if g.split == "val"]
+    right, wrong = check_both_classes([g.correct for g in train_items], f"{run}/graded.jsonl")
+    skew = right / len(train_items)
+    say(f"graded train split: {right} correct / {wrong} wrong ({skew:.1%} correct); balance: {cal.balance}")
+
+    session.load_model()
+    tokenizer = session.tokenizer
+    spec = make_query_spec(tokenizer, cal.query, cal.options)
+    train, labels, dropped = encode_items(train_items, tokenizer, spec, cfg.data.max_length)
+    val, _, val_dropped = encode_items(val_items, tokenizer, spec, cfg.data.max_length)
+    if dropped + val_dropped:
+        say(f"{dropped + val_dropped} queries longer than data.max_length {cfg.data.max_length} dropped")
+    check_both_classes(labels, f"{run}/graded.jsonl (after dropping queries over data.max_length)")
+    train = balance(train, labels, cal.balance, cfg.seed)
+
+    session.prepare(train)
+    amp = session.amp
+
+    probe_info = None
+    if cal.probe:
+        # The probe reads the untuned model, so fit it before the method changes anything.
+        say("fitting the linear probe on the frozen model's hidden states...")
+        texts = [query_text(tokenizer, g.question, g.answer, spec) for g in train_items]
+        _, hidden = score_queries(session.model, tokenizer, texts, spec, cal.batch_size, amp, want_hidden=True)
+        y = torch.tensor([g.correct for g in train_items])
+        fit_probe(hidden, y, balanced=cal.balance != "none", seed=cfg.seed).save(run / PROBE_FILE)
+        probe_info = PROBE_FILE
+
+    say(f"tuning {cfg.method.name} on {len(train)} queries")
+    started = time.time()
+    result = session.fit(train, val, loss=lambda m: CalibrationLoss(m, spec.token_ids, cal.regularizer,
+                                                                    cal.regularizer_weight))
+    artifact = session.save_artifact()
+    model = session.model
+
+    temperature = 1.0
+    if cal.temperature_scaling and val_items:
+        texts = [query_text(tokenizer, g.question, g.answer, spec) for g in val_items]
+        margins, _ = score_queries(model, tokenizer, texts, spec, cal.batch_size, amp)
+        if len({g.correct for g in val_items}) == 2:
+            temperature = fit_temperature(margins, torch.tensor([g.correct for g in val_items]))
+            say(f"temperature fitted on {len(val_items)} validation answers: T = {temperature:.3f}")
+        else:
+            say("temperature scaling skipped: the validation answers are all of one class")
+    info = {
+        "model": session.model_path, "method": cfg.method.name, "artifact": artifact.name, **spec.to_dict(),
+        "temperature": round(temperature, 5), "probe": probe_info,
+        "instruction_choice": cal.instruction_choice, "instruction_open": cal.instruction_open,
+        "answer_max_new_tokens": cal.answer_max_new_tokens, "chat_template": cfg.data.chat_template,
+        "train": {"queries": len(train_items), "correct": right, "wrong": wrong, "share_correct": round(skew, 4),
+                  "balance": cal.balance, "dropped_too_long": dropped + val_dropped, "steps": result.steps,
+                  "final_loss": round(result.train_loss, 4),
+                  "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
+                  "regularizer": cal.regularizer, "regularizer_weight": cal.regularizer_weight,
+                  "trainable_params": session.trainable, "seconds": round(time.time() - started, 1)},
+    }
+    write_json(run / CALIBRATION_FILE, info)
+    session.release()  # the evaluate stage loads the tuned artifact afresh
+    return info

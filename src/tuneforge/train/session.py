@@ -1,0 +1,201 @@
+"""The set-up every recipe on the loop shares, written once.
+
+A recipe says which data, which loss and which evaluation; a Session does the rest, in the order a
+run needs it:
+
+    session = Session(cfg, overwrite=..., resume=...)   # seed, threads; the run folder checked, not made
+    session.load_model()                                # model + tokenizer + chat template
+    ... the recipe reads and encodes its data, refusing bad data before anything is written ...
+    session.start()                                     # run folder made, config.yaml written
+    session.prepare(train)                              # device, precision, attention kernel
+    before = session.evaluate_once("eval_before.json", ...)   # cached, so --resume does not redo it
+    result = session.fit(train, val, loss=DPOLoss...)   # method applied, compiled, THE loop
+    session.save_artifact()                             # the method's own folder format, atomically
+    session.finish(session.summary(result) | {...})     # report.json / report.md / plots/loss.png
+
+Stages of one recipe (the agent's backbone and roles) each get their own Session on a sub-folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate.utils import set_seed
+
+from tuneforge.atomic import atomic_dir, atomic_write_text, write_json
+from tuneforge.config import Config, dump_config
+from tuneforge.data.render import Encoded, setup_chat_template
+from tuneforge.models.load import SAFE, LoadPolicy, load_model_and_tokenizer
+from tuneforge.models.methods import METHODS, apply_method, count_parameters
+from tuneforge.report import plot_loss, write_report
+from tuneforge.runs import check_run_dir, create_run_dir
+from tuneforge.train.distributed import make_accelerator
+from tuneforge.train.levers import choose_attention, compile_blocks, peak_memory_gb, should_compile
+from tuneforge.train.loop import LoopResult, train_loop
+from tuneforge.train.precision import resolve_precision
+
+
+def say(msg: str) -> None:
+    print(f"[tuneforge] {msg}", flush=True)
+
+
+def resolved_config(cfg: Config, log=say) -> Config:
+    """The config that actually runs: a copy with the adjustments a method forces, said out loud.
+    It is what config.yaml records, so a rerun from it runs the same."""
+    out = cfg.model_copy(deep=True)
+    if METHODS[cfg.method.name].virtual_tokens and cfg.train.packing:
+        log(f"packing off for method {cfg.method.name}: its virtual tokens go in front of each example")
+        out.train.packing = False
+    return out
+
+
+class Session:
+    def __init__(self, cfg: Config, *, overwrite: bool = False, resume: bool = False, run: Path | None = None,
+                 policy: LoadPolicy = SAFE, log: Callable[[str], None] = say, observe=None,
+                 check_run: bool = True):
+        self.started = time.time()
+        self.cfg = resolved_config(cfg, log)
+        self.overwrite, self.resume, self.policy, self.log, self.observe = overwrite, resume, policy, log, observe
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        set_seed(self.cfg.seed)
+        # Refused before any loading: a run folder in the way costs the user nothing. A later stage of a
+        # staged recipe works in an existing folder, and says so with check_run=False.
+        target = Path(run or self.cfg.output_dir)
+        self.run = check_run_dir(target, overwrite, resume) if check_run else target
+        self.model = self.tokenizer = self.model_path = None
+        self.accelerator = self.device = self.amp = None
+        self.loss = None  # the loss module `fit` trained with (the recipe may evaluate with it)
+        self.trainable = self.total = 0
+        self.artifact: Path | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def stage(self, cfg: Config, name: str) -> "Session":
+        """A Session for one stage of this run, in its own sub-folder, with this run's switches."""
+        return Session(cfg, run=self.run / name, policy=self.policy, log=self.log, observe=self.observe)
+
+    def load_model(self, name: str | None = None, *, training: bool = True) -> None:
+        """The model (with the config's dropout when it will train), its tokenizer and chat template."""
+        source = name if name is not None else self.cfg.model
+        dropout = self.cfg.train.dropout if training else None
+        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(source, dropout, policy=self.policy)
+        setup_chat_template(self.tokenizer, self.cfg.data.chat_template if self.cfg.data else None, self.model_path)
+
+    def start(self, record_config: bool = True) -> Path:
+        """Make the run folder and record the config. Called once model and data are known good, so a
+        failed start leaves nothing behind. A stage inside a run does not record one: a folder with a
+        config.yaml is a run of its own to `tuneforge runs`."""
+        create_run_dir(self.run, self.overwrite, self.resume)
+        if record_config:
+            atomic_write_text(self.run / "config.yaml", dump_config(self.cfg))
+        return self.run
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def prepare(self, train: list[Encoded]) -> None:
+        """Accelerator, device and compute dtype; the model moved there with the attention kernel chosen."""
+        cfg = self.cfg
+        self.accelerator = make_accelerator(cfg.train)  # DDP, FSDP or DeepSpeed under a multi-process launcher
+        self.device = self.accelerator.device
+        self.amp = resolve_precision(cfg.train.precision, self.device)
+        self.model.to(self.device)
+        self.model.set_attn_implementation(choose_attention(cfg.train.attention, self.device,
+                                                            max(len(e.ids) for e in train)))
+        if self.amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
+            # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
+            # in the compute dtype halves its memory and spares autocast a weight cast every forward.
+            self.model.to(self.amp)
+        self.log(f"model: {self.model_path} on {self.device}, compute "
+                 f"{'bf16 autocast' if self.amp else 'fp32'}, method {cfg.method.name}")
+
+    def evaluate_once(self, filename: str, evaluate: Callable[[], dict], what: str) -> dict | None:
+        """The starting model's scores, computed once and kept in the run folder (a resumed run has
+        trained weights in memory by then, so it must not score "before" again). Main process only."""
+        if not self.is_main:
+            return None
+        path = self.run / filename
+        if path.is_file():
+            return json.loads(path.read_text())
+        self.log(what)
+        scores = evaluate()
+        write_json(path, scores)
+        return scores
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self, train: list[Encoded], val: list[Encoded],
+            loss: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> LoopResult:
+        """Apply the method, compile if it pays, and run THE loop with `loss(model)` (default: target
+        cross-entropy). The loss module stays on `self.loss` for the recipe's evaluation."""
+        cfg = self.cfg
+        model = apply_method(self.model, cfg.method)
+        if cfg.train.activation_checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.trainable, self.total = count_parameters(model)
+        if should_compile(cfg.train.compile, self.device, self.total):
+            self.log("compiling the decoder blocks (torch.compile; the first steps pay for it)")
+            compile_blocks(model)
+        self.log(f"trainable parameters: {self.trainable:,} of {self.total:,} "
+                 f"({100 * self.trainable / self.total:.2f}%)")
+        self.model = model
+        self.loss = loss(model) if loss else None
+        return train_loop(model, train, val, cfg.train, run_dir=self.run, seed=cfg.seed,
+                          pad_id=self.tokenizer.pad_token_id, accelerator=self.accelerator, amp_dtype=self.amp,
+                          resume=self.resume, log=self.log, loss_model=self.loss, observe=self.observe)
+
+    def save_artifact(self) -> Path:
+        """The method's own folder (PEFT adapter, bottleneck adapter, or a whole HF model), with the
+        tokenizer, written atomically."""
+        method = METHODS[self.cfg.method.name]
+        final = self.run / method.artifact_name
+        with atomic_dir(final) as tmp:
+            method.save(self.model, tmp)
+            self.tokenizer.save_pretrained(tmp)
+        self.artifact = final
+        return final
+
+    def release(self) -> None:
+        """Free the model, optimizer state and the accelerator's references before the next stage loads
+        its own model; otherwise every stage of a multi-stage recipe stays alive in memory."""
+        if self.accelerator is not None:
+            self.accelerator.free_memory()
+        self.model = self.loss = None
+        gc.collect()
+
+    # ------------------------------------------------------------------ reporting
+
+    def summary(self, result: LoopResult) -> dict:
+        """The report fields every recipe on the loop shares."""
+        out = {
+            "model": self.model_path, "method": self.cfg.method.name, "trainable_params": self.trainable,
+            "total_params": self.total, "steps": result.steps,
+            "final_train_loss": round(result.train_loss, 4),
+            "best_val_loss": round(result.best_val_loss, 4) if result.best_val_loss is not None else None,
+            "stopped_early": result.stopped_early,
+            "train_tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
+            "peak_memory_gb": round(peak_memory_gb(self.device), 2),
+        }
+        if self.artifact is not None:
+            out |= {"artifact": str(self.artifact),
+                    "artifact_mb": round(sum(f.stat().st_size for f in self.artifact.rglob("*.safetensors"))
+                                         / 2**20, 4)}
+        return out
+
+    def finish(self, summary: dict, write=write_report) -> Path:
+        """Wall time, the loss plot and the report (main process), then every process meets here."""
+        if self.is_main:
+            summary["wall_time_s"] = round(time.time() - self.started, 1)
+            plot_loss(self.run)
+            write(self.run, summary)
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+        return self.run
