@@ -294,7 +294,7 @@ def test_runs_list_show_compare(tmp_path):
     assert by["lora-a"]["key_metric"] == "exact_match 0.1 -> 0.4"
     assert by["lora-a"]["method"] == "lora" and by["lora-a"]["data"] == "train.jsonl" and by["lora-a"]["steps"] == 10
     assert by["cal"]["metrics"]["calibration test ece"] == 0.07 and "ece 0.07" in by["cal"]["key_metric"]
-    assert by["unfinished"]["status"] == "started" and by["lora-a"]["status"] == "done"
+    assert by["unfinished"]["status"] == "running" and by["lora-a"]["status"] == "finished"
     table = runs_index.format_run_list(runs)
     assert table.count("\n") == 6 and "| group/full-b | sft | full |" in table
 

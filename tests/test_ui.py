@@ -330,7 +330,7 @@ def test_api_key_and_request_guards(tmp_path):
 
 
 def test_status_rules(tmp_path):
-    from tuneforge.ui.app import run_status
+    from tuneforge.ui.runs import run_status
 
     run = tmp_path / "r"
     run.mkdir()
@@ -340,6 +340,7 @@ def test_status_rules(tmp_path):
     later = time.time() + 3600
     assert run_status(run, now=later) == "failed"
     (run / "checkpoints" / "step-0000001").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000001" / "progress.json").write_text("{}")
     assert run_status(run, now=later) == "interrupted"
     (run / "report.json").write_text("{}")
     assert run_status(run, now=later) == "finished"

@@ -330,7 +330,7 @@ def _known_keys(raw: dict, loc: tuple) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _describe(err: dict, raw: dict) -> str:
+def describe_error(err: dict, raw: dict) -> str:
     loc = tuple(err["loc"])
     if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHOD_SCHEMAS:
         loc = (loc[0], *loc[2:])  # drop the union's tag: method.r, not method.lora.r
@@ -395,7 +395,7 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe(err, raw) for err in e.errors()]
+        lines = [describe_error(err, raw) for err in e.errors()]
         raise UserError(f"{source}: " + "; ".join(lines)) from None
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.runs import read_metrics, write_json
-from tuneforge.atomic import atomic_write_text
+from tuneforge.atomic import atomic_savefig, atomic_write_text
+from tuneforge.run_dir import LOSS_PLOT, PLOTS, RunDir
+from tuneforge.runs import write_json
 
 
 def plot_loss(run: Path) -> Path | None:
@@ -14,7 +15,7 @@ def plot_loss(run: Path) -> Path | None:
     matplotlib.use("Agg")  # files only: no display on servers
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run)
+    rows = RunDir(run).metrics()
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train:
@@ -28,13 +29,11 @@ def plot_loss(run: Path) -> Path | None:
     ax.set_title(run.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    from tuneforge.atomic import atomic_savefig
-
-    return atomic_savefig(fig, run / "plots" / "loss.png")
+    return atomic_savefig(fig, RunDir(run).loss_plot)
 
 
 def write_report(run: Path, summary: dict) -> Path:
-    write_json(run / "report.json", summary)
+    write_json(RunDir(run).report_json, summary)
     lines = [f"# Run report: {run.name}", ""]
     for key in ("model", "method", "trainable_params", "total_params", "steps", "wall_time_s",
                 "train_examples", "val_examples", "truncated_examples", "dropped_examples", "final_train_loss",
@@ -52,7 +51,7 @@ def write_report(run: Path, summary: dict) -> Path:
             for s in ev["samples"]:
                 cells = [s[k].replace("|", "\\|").replace("\n", " ")[:80] for k in ("prompt", "reference", "base", "tuned")]
                 lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![loss](plots/loss.png)", ""]
-    path = run / "report.md"
+    lines += ["", f"![loss]({PLOTS}/{LOSS_PLOT})", ""]
+    path = RunDir(run).report_md
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -1,12 +1,5 @@
-"""The run directory: everything a run produces lands here, nothing global is touched.
-
-    run_dir/
-      config.yaml        resolved config (what actually ran)
-      metrics.jsonl      one JSON object per logged step / evaluation
-      checkpoints/       step-NNNNNNN/ (atomic), for --resume
-      adapter/ | model/  the artifact: a PEFT adapter folder or an HF model folder
-      report.md, report.json, plots/loss.png
-"""
+"""Creating and writing the run directory: everything a run produces lands there, nothing global is
+touched. Its layout, and how it is read back, is tuneforge.run_dir."""
 
 from __future__ import annotations
 
@@ -17,18 +10,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tuneforge.atomic import atomic_write_text, make_shareable_dir
 from tuneforge.errors import UserError
-from tuneforge.atomic import make_shareable_dir
-from tuneforge.train.checkpoint import latest_checkpoint
-from tuneforge.atomic import atomic_write_text
+from tuneforge.run_dir import RunDir
 
 
 def check_run_dir(path: str | Path, overwrite: bool, resume: bool) -> Path:
     """Refuse early (before any loading) when the run directory is in the way or missing."""
     run = Path(path)
     if resume:
-        if not run.is_dir() or latest_checkpoint(run / "checkpoints") is None:
-            raise UserError(f"--resume: no checkpoint found in {run}/checkpoints; start without --resume")
+        if RunDir(run).latest_checkpoint() is None:
+            raise UserError(f"--resume: no checkpoint found in {RunDir(run).checkpoints}; start without --resume")
     elif run.exists() and any(run.iterdir()) and not overwrite:
         raise UserError(f"run directory {run} already exists; pass --overwrite to replace it "
                         "or --resume to continue it")
@@ -54,10 +46,7 @@ def create_run_dir(run: Path, overwrite: bool, resume: bool) -> Path:
 
 
 def read_metrics(run: Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunDir(run).metrics()
 
 
 def write_json(path: Path, data) -> None:
@@ -66,11 +55,7 @@ def write_json(path: Path, data) -> None:
 
 def artifact_path(run: Path) -> Path:
     """Where the trained artifact of a run lives (adapter/ or model/)."""
-    run = Path(run)
-    for name in ("adapter", "model"):
-        if (run / name).is_dir():
-            return run / name
-    raise UserError(f"{run} has no adapter/ or model/ folder; is it a finished tuneforge run directory?")
+    return RunDir(run).artifact()
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -1,8 +1,9 @@
 """`tuneforge runs list|show|compare`: what is in the runs folder, one run in detail, runs side by side.
 
-A run is any directory holding a config.yaml (see tuneforge.runs for the layout). Everything is read
-from the files the recipes write (config.yaml, report.json, calibration_results.json,
-agent_results.json, metrics.jsonl); a run that is unfinished or half-written is listed, not fatal.
+A run is any directory holding a config.yaml (tuneforge.run_dir has the layout and the status rule).
+Everything is read from the files the recipes write (config.yaml, report.json,
+calibration_results.json, agent_results.json, metrics.jsonl); a run that is unfinished or
+half-written is listed, not fatal.
 """
 
 from __future__ import annotations
@@ -12,22 +13,15 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from tuneforge.errors import UserError
+from tuneforge.run_dir import NOT_RUNS, RunDir, read_json
 
 MAX_DEPTH = 3  # runs/<group>/<name>/config.yaml at most
-_SKIP_DIRS = {"checkpoints", "adapter", "model", "plots", "traces", "roles", "eval"}
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _read_yaml(path: Path) -> dict | None:
-    import yaml
-
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -66,8 +60,8 @@ def _short(path) -> str | None:
 # Reading one run
 
 
-def _calibration_metrics(run: Path) -> dict:
-    data = _read_json(run / "calibration_results.json")
+def _calibration_metrics(run: RunDir) -> dict:
+    data = read_json(run.calibration_results)
     results = (data or {}).get("results") or {}
     out = {}
     for split in ("test", "shift"):
@@ -79,8 +73,8 @@ def _calibration_metrics(run: Path) -> dict:
     return out
 
 
-def _agent_metrics(run: Path) -> dict:
-    data = _read_json(run / "agent_results.json")
+def _agent_metrics(run: RunDir) -> dict:
+    data = read_json(run.agent_results)
     out = {}
     if not isinstance(data, dict):
         return out
@@ -109,62 +103,36 @@ def _eval_metrics(report: dict) -> dict:
     return out
 
 
-def _date(run: Path) -> str:
-    files = [run / n for n in ("report.json", "calibration_results.json", "agent_results.json", "config.yaml")]
+def _date(run: RunDir) -> str:
+    files = [run.report_json, run.calibration_results, run.agent_results, run.config]
     stamp = max((f.stat().st_mtime for f in files if f.is_file()), default=None)
     return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M") if stamp else "-"
 
 
-def _status(run: Path, report: dict | None) -> str:
-    if report is not None or (run / "calibration_results.json").is_file() or (run / "agent_results.json").is_file():
-        return "done"
-    if (run / "adapter").is_dir() or (run / "model").is_dir():
-        return "trained"
-    if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
-        return "partial"
-    return "started"
-
-
 def run_info(run: str | Path) -> dict:
     """Summary of one run directory: config essentials, key metrics, status and date."""
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"{run} is not a tuneforge run directory (no config.yaml)")
-    cfg = _read_yaml(run / "config.yaml") or {}
-    report = _read_json(run / "report.json")
-    report = report if isinstance(report, dict) else None
+    run = RunDir(run)
+    if not run.is_run():
+        raise UserError(f"{run.path} is not a tuneforge run directory (no config.yaml)")
+    cfg = _read_yaml(run.config) or {}
+    report = run.report()
     method = cfg.get("method")
     method = method.get("name") if isinstance(method, dict) else method
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     steps = (report or {}).get("steps")
     if steps is None:
-        rows = [r for r in _metrics_rows(run) if "step" in r]
+        rows = [r for r in run.metrics() if "step" in r]
         steps = rows[-1]["step"] if rows else None
     metrics = {**_eval_metrics(report or {}), **_calibration_metrics(run), **_agent_metrics(run)}
     return {
-        "name": run.name, "path": str(run), "recipe": cfg.get("recipe", "sft"), "method": method or "lora",
+        "name": run.path.name, "path": str(run.path), "recipe": cfg.get("recipe", "sft"), "method": method or "lora",
         "model": _short((report or {}).get("model") or cfg.get("model")) or "default",
         "data": _short(data.get("train")), "steps": steps, "max_steps": train.get("max_steps"),
-        "status": _status(run, report), "date": _date(run),
+        "status": run.status(), "date": _date(run),
         "metrics": {k: v for k, v in metrics.items() if v is not None},
         "config": cfg, "report": report or {},
     }
-
-
-def _metrics_rows(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,19 +146,20 @@ def find_runs(root: str | Path = "runs") -> list[Path]:
     found: list[Path] = []
 
     def walk(d: Path, depth: int) -> None:
-        if (d / "config.yaml").is_file():
+        if RunDir(d).is_run():
             found.append(d)
         if depth >= MAX_DEPTH:
             return
         for child in sorted(d.iterdir()):
-            if child.is_dir() and not child.name.startswith(".") and child.name not in _SKIP_DIRS:
+            if child.is_dir() and not child.name.startswith(".") and child.name not in NOT_RUNS:
                 walk(child, depth + 1)
 
     walk(root, 0)
     return found
 
 
-def _key_metric(info: dict) -> str:
+def key_metric(info: dict) -> str:
+    """The one figure that says how a run did, as a short text (before -> after, ECE, success rate, loss)."""
     m = info["metrics"]
     ev = (info["report"] or {}).get("evaluation") or {}
     if ev.get("metric") and _is_number(ev.get("after")):
@@ -218,7 +187,7 @@ def list_runs(root: str | Path = "runs") -> list[dict]:
         info = run_info(run)
         rel = run.relative_to(root).as_posix()
         info["name"] = rel if rel != "." else run.resolve().name
-        info["key_metric"] = _key_metric(info)
+        info["key_metric"] = key_metric(info)
         infos.append(info)
     infos.sort(key=lambda i: i["date"], reverse=True)
     return infos
@@ -268,14 +237,13 @@ def show_run(path: str | Path) -> str:
     if other:
         lines += ["", "## Results", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {_cell(v)} |" for k, v in other.items()]
-    rows = _metrics_rows(Path(path))
+    rows = RunDir(path).metrics()
     losses = [r for r in rows if _is_number(r.get("loss"))]
     if losses:
         lines += ["", f"Training log: {len(losses)} logged steps, loss {_fmt(losses[0]['loss'])} -> "
                       f"{_fmt(losses[-1]['loss'])} (step {losses[-1].get('step', '?')})"]
-    artifact = next((Path(path) / n for n in ("adapter", "model") if (Path(path) / n).is_dir()), None)
-    if artifact:
-        lines += ["", f"Artifact: {artifact}"]
+    if RunDir(path).has_artifact():
+        lines += ["", f"Artifact: {RunDir(path).artifact()}"]
     return "\n".join(lines) + "\n"
 
 
