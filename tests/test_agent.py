@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import run_cli, write_config
+from tuneforge.run_dir import RunDir
 from tuneforge.agent.env import generate_tasks, world_registry
 from tuneforge.agent.evaluate import static_predictions
 from tuneforge.agent.roles import TaskHeader, render_call, render_plan, render_step, target
@@ -133,6 +134,7 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
         for metrics in rows.values():
             assert {"plan_accuracy", "action_em", "hallucination_rate", "argument_f1", "success_rate"} <= set(metrics)
     assert "three roles" in (run / "agent.md").read_text()
+    assert RunDir(run).status() == "finished" and layout["test"]  # the one status rule, on a real agent run
     traces = list((run / "traces").glob("*.jsonl"))
     assert len(traces) == 4
     first = json.loads(traces[0].read_text().splitlines()[0])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli, write_config, write_jsonl
+from tuneforge.run_dir import RunDir
 from tuneforge.calibration.baselines import agrees, parse_verbalized
 from tuneforge.calibration.fit import Probe, fit_probe, fit_temperature
 from tuneforge.train.losses.calibration import CalibrationLoss, divergence
@@ -208,6 +209,7 @@ def test_pipeline_from_a_graded_file_to_results_and_confidence(tmp_path, tiny_ll
     assert (run / "plots" / "reliability-shift-verbalized.png").stat().st_size > 0
     info = json.loads((run / "calibration.json").read_text())
     assert info["train"]["correct"] + info["train"]["wrong"] == info["train"]["queries"]
+    assert RunDir(run).status() == "finished"
 
     code, out, err = run_cli(["generate", run, "What is 3 plus 3?", "--confidence", "--max-new-tokens", "4"], capsys)
     assert code == 0, err

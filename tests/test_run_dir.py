@@ -113,13 +113,6 @@ def test_metrics_tolerate_bytes_cut_inside_a_character(tmp_path):
     assert run.metrics() == [{"step": 1, "note": "é"}]
 
 
-def test_old_readers_are_the_same_reader(tmp_path):
-    from tuneforge.runs import read_metrics
-
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "lo', encoding="utf-8")
-    assert read_metrics(tmp_path) == [{"step": 1}]
-
-
 def test_metrics_files_of_an_agent_run(tmp_path):
     run = RunDir(_files(tmp_path / "a", LAYOUTS["agent-test-finished"][0]))
     rel = [f.parent.relative_to(run.path).as_posix() for f in run.metrics_files()]

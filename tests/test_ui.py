@@ -288,8 +288,8 @@ def test_launch_validates_and_trains(ui, browser, tmp_path):
         assert browser.find_element(By.ID, "run-status").text == "finished", log[-2000:]
         assert (ui.runs / "launched" / "report.json").is_file()
         open_page(browser, ui, "runs")
-        row = wait_for(browser, '#runs-table tr[data-name="launched"]')[0]
-        assert row.find_element(By.CSS_SELECTOR, "td.status").text == "finished"
+        # The table re-renders every 2 s, so a row found once can go stale: wait on the cell itself.
+        wait_for(browser, '#runs-table tr[data-name="launched"] td.status', check=lambda e: e.text == "finished")
 
 
 # ---- no browser needed -----------------------------------------------------------------------

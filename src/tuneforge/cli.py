@@ -11,6 +11,7 @@ import typer
 
 from tuneforge.errors import UserError
 from tuneforge.models.policy import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, LoadPolicy
+from tuneforge.run_dir import RunDir
 from tuneforge.serve.auth import API_KEY_ENV
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -414,7 +415,8 @@ def agent_run(ctx: typer.Context, run: Path = typer.Argument(..., help="agent ru
     outcome = "gave up" if episode.gave_up else ("cut off at the step limit" if episode.cut_off else "finished")
     print(f"\nanswer: {episode.final_answer}\n({outcome}; {episode.steps} steps, "
           f"{episode.hallucinated_calls} hallucinated calls, {episode.parse_failures} parse failures)")
-    n = len(list((run / "traces").glob("run-*.jsonl"))) if (run / "traces").is_dir() else 0
+    traces = RunDir(run).traces
+    n = len(list(traces.glob("run-*.jsonl"))) if traces.is_dir() else 0
     print(f"trace: {write_traces([episode], trace or run / 'traces' / f'run-{n + 1}.jsonl')}")
 
 
@@ -462,7 +464,7 @@ def main() -> None:
 
 
 @app.command()
-def ui(runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories"),
+def ui(ctx: typer.Context, runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding run directories"),
        host: str = typer.Option("127.0.0.1", help="beyond loopback an API key is required"),
        port: int = typer.Option(8765),
        api_key: Optional[str] = typer.Option(None, envvar=API_KEY_ENV, help="required by the page; or $TUNEFORGE_API_KEY"),
@@ -470,7 +472,7 @@ def ui(runs: Path = typer.Option(Path("runs"), "--runs", help="folder holding ru
     """Web dashboard: runs (live), one run's curves and results, compare, chat with feedback, launch training."""
     from tuneforge.ui.app import run_ui
 
-    run_ui(runs, host=host, port=port, api_key=api_key, serve_dir=serve_dir)
+    run_ui(runs, host=host, port=port, api_key=api_key, serve_dir=serve_dir, policy=_policy(ctx))
 
 
 if __name__ == "__main__":  # `python -m tuneforge.cli`, e.g. under torchrun

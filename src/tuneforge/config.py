@@ -295,15 +295,8 @@ class Config(Strict):
     def _check(self) -> "Config":
         if self.train.early_stopping_patience and not self.train.eval_every:
             raise ValueError("train.early_stopping_patience needs train.eval_every")
-        if self.recipe == "calibration":
-            if self.method.name in ("prefix", "prompt"):
-                raise ValueError(f"method: {self.method.name} is not supported by recipe: calibration (the "
-                                 "query's option logits are read at one position, which virtual tokens shift); "
-                                 "use lora, dora, ia3, bottleneck, freeze or full")
-            if self.calibration.regularizer != "none" and self.method.name in ("full", "freeze"):
-                raise ValueError(f"calibration.regularizer needs an adapter method (the base model is the "
-                                 f"adapter switched off); method {self.method.name} has none: use lora, dora, "
-                                 "ia3 or bottleneck, or set calibration.regularizer: none")
+        # Which methods a recipe accepts is decided by the method registry and the recipe
+        # (models/methods.py, recipes/*: check), before anything loads.
         return self
 
 

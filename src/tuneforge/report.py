@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tuneforge.atomic import atomic_savefig, atomic_write_text
 from tuneforge.run_dir import LOSS_PLOT, PLOTS, RunDir
-from tuneforge.runs import write_json
+from tuneforge.atomic import write_json
 
 
 def plot_loss(run: Path) -> Path | None:

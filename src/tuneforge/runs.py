@@ -3,14 +3,10 @@ touched. Its layout, and how it is read back, is tuneforge.run_dir."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from tuneforge.atomic import atomic_write_text, make_shareable_dir
 from tuneforge.errors import UserError
 from tuneforge.run_dir import RunDir
 
@@ -43,36 +39,3 @@ def create_run_dir(run: Path, overwrite: bool, resume: bool) -> Path:
     except OSError as e:
         raise UserError(f"cannot create output_dir {run} ({e.strerror}); choose a writable directory") from None
     return run
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return RunDir(run).metrics()
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str))
-
-
-def artifact_path(run: Path) -> Path:
-    """Where the trained artifact of a run lives (adapter/ or model/)."""
-    return RunDir(run).artifact()
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path):
-    """Yield a temp folder beside `final`; on success it replaces `final`, on any error it vanishes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        make_shareable_dir(tmp)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -15,6 +15,8 @@ from tuneforge.agent.runtime import AgentRuntime, Episode, Generate
 from tuneforge.agent.trajectory import Trajectory
 from tuneforge.errors import UserError
 from tuneforge.models.load import SAFE, LoadPolicy
+from tuneforge.run_dir import RunDir
+from tuneforge.atomic import atomic_write_text, write_json
 from tuneforge.eval.agent_metrics import EpisodeResult, StepPrediction, episode_metrics, step_metrics
 
 
@@ -123,18 +125,17 @@ def evaluate_system(generate: Generate, trajectories: list[Trajectory], single_m
 def write_results(results: dict, run: Path) -> Path:
     """agent_results.json, agent.md (one table per test file) and a chart per test file."""
     from tuneforge.eval.agent_metrics import comparison_chart, comparison_table
-    from tuneforge.runs import write_json
-    from tuneforge.atomic import atomic_write_text
 
-    write_json(run / "agent_results.json", results)
+    files = RunDir(run)
+    write_json(files.agent_results, results)
     lines = ["# Agent evaluation", "",
              "Step-wise metrics feed the gold history at every step; end-to-end metrics (tool world only) "
              "let the agent run whole tasks against the offline tools.", ""]
     for name, rows in results.items():
         slug = Path(name).stem
-        comparison_chart(rows, run / "plots" / f"agent-{slug}.png", f"{slug}: single model vs three roles")
+        comparison_chart(rows, files.plots / f"agent-{slug}.png", f"{slug}: single model vs three roles")
         lines += [f"## {name}", "", comparison_table(rows), "", f"![{slug}](plots/agent-{slug}.png)", ""]
-    path = run / "agent.md"
+    path = files.agent_md
     atomic_write_text(path, "\n".join(lines))
     return path
 
@@ -163,7 +164,7 @@ def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 10
         generate = RoleModels(run, single_model=is_single, max_new_tokens=max_new_tokens, policy=policy)
         for f, trajectories in tests.items():
             log(f"{system} on {f}...")
-            trace = run / "traces" / f"{Path(f).stem}-{system.replace(' ', '-')}.jsonl"
+            trace = RunDir(run).traces / f"{Path(f).stem}-{system.replace(' ', '-')}.jsonl"
             results[f][system] = evaluate_system(generate, trajectories, is_single, tokenizer=generate.tokenizer,
                                                  max_length=max_length, max_steps=max_steps,
                                                  max_observation_chars=max_observation_chars, trace_path=trace)

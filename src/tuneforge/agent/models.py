@@ -16,8 +16,9 @@ from tuneforge.eval.generate import generate
 from tuneforge.models.adapters import AdapterSet
 from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.models.merge import load_for_inference
+from tuneforge.run_dir import AGENT_JSON
 
-AGENT_FILE = "agent.json"  # written by the recipe: where the backbone, roles and baseline live
+AGENT_FILE = AGENT_JSON  # written by the recipe: where the backbone, roles and baseline live
 
 
 def read_agent_layout(run: Path) -> dict:

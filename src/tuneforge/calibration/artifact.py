@@ -13,9 +13,10 @@ from tuneforge.errors import UserError
 from tuneforge.models.adapters import adapter_disabled, has_adapter
 from tuneforge.models.load import SAFE, LoadPolicy, load_model
 from tuneforge.models.merge import load_for_inference
+from tuneforge.run_dir import CALIBRATION_JSON, PROBE
 
-CALIBRATION_FILE = "calibration.json"
-PROBE_FILE = "probe.safetensors"
+CALIBRATION_FILE = CALIBRATION_JSON
+PROBE_FILE = PROBE
 
 
 def load_calibration_info(run: Path) -> dict:

@@ -267,7 +267,7 @@ def plot_results(results: dict, path: Path) -> Path | None:
 
 
 def write_results(results: dict, out_dir: Path) -> None:
-    from tuneforge.runs import write_json
+    from tuneforge.atomic import write_json
     from tuneforge.atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,7 +414,7 @@ def run_lm_eval(model_spec: str, tasks: list[str], out_dir: str | Path, limit: i
     model, tok = load_model_spec(path, policy)
     out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok), tasks=list(tasks), limit=limit)
     summary = {"model": model_spec, "tasks": list(tasks), "limit": limit, "results": (out or {}).get("results", {})}
-    from tuneforge.runs import write_json
+    from tuneforge.atomic import write_json
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / "lm_eval.json", json.loads(json.dumps(summary, default=str)))

@@ -11,13 +11,14 @@ from tuneforge.models.load import (SAFE, LoadPolicy, check_weights_format, load_
 from tuneforge.models.bottleneck import is_bottleneck_dir, read_bottleneck_config
 from tuneforge.models.methods import METHODS, artifact_method
 from tuneforge.atomic import atomic_dir
+from tuneforge.run_dir import RunDir
 
 
 def _run_method(found: Path) -> str | None:
     """The method recorded in the run's config.yaml, when `found` sits in a run directory."""
     import yaml
 
-    cfg = found.parent / "config.yaml"
+    cfg = RunDir(found.parent).config
     if not cfg.is_file():
         return None
     method = (yaml.safe_load(cfg.read_text()) or {}).get("method") or {}
@@ -29,9 +30,8 @@ def _locate(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p} does not exist; give a run directory, an adapter folder or a model folder")
-    for name in ("adapter", "model"):
-        if (p / name).is_dir():
-            return p / name
+    if RunDir(p).has_artifact():
+        return RunDir(p).artifact()
     if (p / "adapter_config.json").is_file() or (p / "config.json").is_file() or is_bottleneck_dir(p):
         return p
     raise UserError(f"{p} is not a tuneforge run, PEFT adapter or HF model folder")

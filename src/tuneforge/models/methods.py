@@ -41,10 +41,6 @@ class Method:
     load: Callable[[nn.Module, Path], nn.Module] | None = None
     refuses: dict[str, str] = field(default_factory=dict)  # recipe -> why this method cannot serve it
 
-    @property
-    def artifact_name(self) -> str:
-        return "adapter" if self.adapter else "model"
-
 
 def _apply_full(model, cfg):
     model.requires_grad_(True)

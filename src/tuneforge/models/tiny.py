@@ -93,7 +93,7 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0) ->
     from tuneforge.models.load import quiet_transformers
 
     quiet_transformers()
-    from tuneforge.runs import atomic_dir
+    from tuneforge.atomic import atomic_dir
 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -32,6 +32,7 @@ from tuneforge.errors import UserError
 from tuneforge.models.load import resolve_model_path
 from tuneforge.models.merge import merge_run
 from tuneforge.models.methods import METHODS
+from tuneforge.run_dir import GLOBAL, ROLES, SINGLE, RunDir
 from tuneforge.recipes.base import RecipeBase
 from tuneforge.train.session import Session
 
@@ -89,9 +90,9 @@ class Agent(RecipeBase):
     resume_hint = "rerun with --overwrite"
 
     def outputs(self, run: Path) -> dict[str, Path]:
-        out = {"layout": run / AGENT_FILE}
-        if (run / "agent.md").is_file():
-            out["results"] = run / "agent.md"
+        out = {"layout": RunDir(run).agent_json}
+        if RunDir(run).agent_md.is_file():
+            out["results"] = RunDir(run).agent_md
         return out
 
     def run(self, session: Session) -> Path:
@@ -110,16 +111,16 @@ def run_agent(session: Session) -> Path:
     train_t, val_t = _split(trajectories, cfg)
     base = resolve_model_path(cfg.model)
     session.start()
-    write_json(run / "data_report.json", {"summary": summary, "policy": policy, "problems": problems})
+    write_json(RunDir(run).data_report, {"summary": summary, "policy": policy, "problems": problems})
     if problems:
         say(f"{len(problems)} problems in the training trajectories (their tasks are skipped); "
             f"each with file, task and reason in {run / 'data_report.json'}")
     adapters = method.adapter
 
     # Stage 1: global fine-tuning of the backbone on whole trajectories.
-    g_artifact, g_steps = _train_stage(session, "global", base, "backbone", train_t, val_t, cfg.agent.global_stage)
+    g_artifact, g_steps = _train_stage(session, GLOBAL, base, "backbone", train_t, val_t, cfg.agent.global_stage)
     if adapters:
-        shared = merge_run(g_artifact, run / "global" / "merged", policy=session.policy)
+        shared = merge_run(g_artifact, RunDir(run).merged, policy=session.policy)
     else:
         shared = g_artifact
     say(f"stage 1 done: {g_steps} steps; the roles start from {shared}")
@@ -128,17 +129,18 @@ def run_agent(session: Session) -> Path:
     roles, local_steps = {}, 0
     for role in cfg.agent.roles:
         stage = cfg.agent.role_stage.get(role) or cfg.agent.local_stage
-        artifact, steps = _train_stage(session, f"roles/{role}", str(shared), role, train_t, val_t, stage)
+        artifact, steps = _train_stage(session, f"{ROLES}/{role}", str(shared), role, train_t, val_t, stage)
         roles[role] = str(artifact.relative_to(run))
         local_steps += steps
 
     layout = {"method": cfg.method.name, "adapters": adapters, "base": str(Path(shared).relative_to(run)),
-              "roles": roles, "single": None, "steps": {"global": g_steps, "local": local_steps}}
+              "roles": roles, "single": None, "steps": {"global": g_steps, "local": local_steps},
+              "test": list(cfg.agent.test or [])}  # RunDir.status: a run with tests is done once evaluated
     if cfg.agent.baseline:
         # Same data, same total optimizer steps as both stages together, from the same base.
         total = g_steps + local_steps
         single_stage = cfg.agent.global_stage.model_copy(update={"max_steps": total, "epochs": None})
-        artifact, steps = _train_stage(session, "single", base, "backbone", train_t, val_t, single_stage)
+        artifact, steps = _train_stage(session, SINGLE, base, "backbone", train_t, val_t, single_stage)
         layout["single"] = str(artifact.relative_to(run))
         layout["steps"]["single"] = steps
     write_json(run / AGENT_FILE, layout)

@@ -14,6 +14,7 @@ from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.models.load import LoadPolicy
 from tuneforge.models.methods import check_serves
+from tuneforge.run_dir import RunDir
 from tuneforge.train.session import Session
 
 
@@ -48,7 +49,7 @@ class RecipeBase:
         return Session(cfg, overwrite=overwrite, resume=resume, policy=policy)
 
     def outputs(self, run: Path) -> dict[str, Path]:
-        return {"report": run / "report.md"}
+        return {"report": RunDir(run).report_md}
 
 
 def check_recipe(recipe: Recipe, cfg: Config, resume: bool) -> None:

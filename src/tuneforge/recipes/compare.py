@@ -6,7 +6,6 @@ Each method runs in its own process, so peak memory is that method's alone.
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from tuneforge.errors import UserError
 from tuneforge.atomic import atomic_write_text, write_json
 from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.models.methods import METHODS
+from tuneforge.run_dir import RunDir
 
 # Learning rates that suit each method on small models (soft prompts and IA3 need far larger steps
 # than weight deltas); a config's own train.lr is used for the method it names.
@@ -63,10 +63,16 @@ def compare_methods(cfg: Config, methods: list[str], out: Path, overwrite: bool 
             print(f"[tuneforge] {name} failed: {last}", flush=True)
             rows.append({"method": name, "error": last})
             continue
-        rows.append(_row(name, json.loads((out / name / "report.json").read_text())))
-    write_json(out / "methods.json", rows)
-    atomic_write_text(out / "methods.md", markdown_table(rows, cfg))
-    plot_methods(rows, out / "methods.png")
+        report = RunDir(out / name).report()
+        if report is None:
+            print(f"[tuneforge] {name} failed: it wrote no report", flush=True)
+            rows.append({"method": name, "error": "no report written"})
+            continue
+        rows.append(_row(name, report))
+    folder = RunDir(out)
+    write_json(folder.methods_json, rows)
+    atomic_write_text(folder.methods_md, markdown_table(rows, cfg))
+    plot_methods(rows, folder.methods_png)
     print(markdown_table(rows, cfg))
     return out
 

@@ -17,6 +17,7 @@ from tuneforge.data.preference import encode_pairs, load_pair_splits
 from tuneforge.errors import UserError
 from tuneforge.models.methods import METHODS
 from tuneforge.report import write_report
+from tuneforge.run_dir import RunDir
 from tuneforge.train.losses.dpo import DPOLoss, evaluate_pairs
 from tuneforge.recipes.base import RecipeBase
 from tuneforge.train.session import Session
@@ -52,7 +53,7 @@ class Preference(RecipeBase):
 
         before = {}
         if cfg.eval.before_after and cfg.eval.base:
-            before = s.evaluate_once("eval_before.json", lambda: {
+            before = s.evaluate_once(lambda: {
                 name: evaluate_pairs(s.model, enc, cfg.train, pad_id, s.device, s.amp, beta=pref.beta)
                 for name, enc in eval_sets.items() if enc}, "scoring the pairs with the starting model...") or {}
 
@@ -74,7 +75,7 @@ class Preference(RecipeBase):
         return s.finish(summary, write=_write_preference_report)
 
     def outputs(self, run: Path) -> dict[str, Path]:
-        return {"report": run / "report.md"}
+        return {"report": RunDir(run).report_md}
 
 
 ROWS = (("reward_accuracy", "reward accuracy (chosen reward > rejected)"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from tuneforge.config import Config
 from tuneforge.data.dataset import encode_split, load_splits
 from tuneforge.errors import UserError
-from tuneforge.runs import artifact_path
+from tuneforge.run_dir import RunDir
 from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
 from tuneforge.train.losses.target import TargetLoss
 from tuneforge.train.loop import validation_loss
@@ -38,8 +38,8 @@ class SFT(RecipeBase):
 
         before = None
         if cfg.eval.before_after and cfg.eval.base:
-            before = s.evaluate_once("eval_before.json", evaluate,
-                                     f"evaluating the base model on held-out examples ({cfg.eval.metric})...")
+            before = s.evaluate_once(evaluate, f"evaluating the base model on held-out examples "
+                                               f"({cfg.eval.metric})...")
         result = s.fit(train.encoded, val.encoded)
         if s.is_main:
             s.save_artifact()
@@ -54,7 +54,8 @@ class SFT(RecipeBase):
         return s.finish(summary)
 
     def outputs(self, run: Path) -> dict[str, Path]:
-        return {"artifact": artifact_path(run), "report": run / "report.md", "loss plot": run / "plots" / "loss.png"}
+        files = RunDir(run)
+        return {"artifact": files.artifact(), "report": files.report_md, "loss plot": files.loss_plot}
 
 
 def evaluate_held_out(s: Session, examples, encoded) -> dict:

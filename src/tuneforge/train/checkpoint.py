@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save
 
 from tuneforge.atomic import make_shareable_dir
 from tuneforge.errors import UserError
+from tuneforge.run_dir import CHECKPOINT_PREFIX, PROGRESS, RunDir
 from tuneforge.train.distributed import copy_full_into, load_optimizer_state
 
-PREFIX = "step-"
+PREFIX = CHECKPOINT_PREFIX  # the checkpoint folder names are the run folder's (run_dir.py)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -84,7 +85,7 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
         _write(tmp / "scheduler.pt", lambda f: torch.save(scheduler_state, f))
         _write(tmp / "rng.pt", lambda f: torch.save(rng_states, f))
         # progress.json is written last: its presence marks a complete checkpoint.
-        _write(tmp / "progress.json", lambda f: f.write(json.dumps(progress, indent=1).encode()))
+        _write(tmp / PROGRESS, lambda f: f.write(json.dumps(progress, indent=1).encode()))
         _fsync_dir(tmp)
         make_shareable_dir(tmp)
         if final.exists():
@@ -111,19 +112,16 @@ def save_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor]
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    if not ckpt_root.is_dir():
-        return []
-    done = [p for p in ckpt_root.iterdir() if p.name.startswith(PREFIX) and (p / "progress.json").is_file()]
-    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+    """Complete checkpoints, oldest first; RunDir holds the rule for "complete"."""
+    return RunDir(ckpt_root.parent).checkpoint_list()
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    found = list_checkpoints(ckpt_root)
-    return found[-1] if found else None
+    return RunDir(ckpt_root.parent).latest_checkpoint()
 
 
 def read_progress(path: Path) -> dict:
-    return json.loads((path / "progress.json").read_text())
+    return json.loads((path / PROGRESS).read_text())
 
 
 def load_checkpoint(path: Path, params: dict[str, torch.Tensor], optimizer, scheduler, rank: int = 0,

@@ -24,6 +24,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.pack import collate, plan_micro_batches
 from tuneforge.data.render import Encoded
 from tuneforge.errors import UserError
+from tuneforge.run_dir import RunDir
 from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, read_progress, rng_state, save_checkpoint
 from tuneforge.train.distributed import (broadcast_object, copy_full_into, full, full_optimizer_state,
                                          gather_object, local_numel, no_sync, parallel_strategy, shard,
@@ -104,8 +105,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             observe(event)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
+    ckpt_root = RunDir(run_dir).checkpoints
+    metrics_path = RunDir(run_dir).metrics_file
     resume_from = latest_checkpoint(ckpt_root) if resume else None
     saved = read_progress(resume_from) if resume_from else {}
 

@@ -8,7 +8,7 @@ run needs it:
     ... the recipe reads and encodes its data, refusing bad data before anything is written ...
     session.start()                                     # run folder made, config.yaml written
     session.prepare(train)                              # device, precision, attention kernel
-    before = session.evaluate_once("eval_before.json", ...)   # cached, so --resume does not redo it
+    before = session.evaluate_once(score, "scoring...") # cached in eval_before.json for --resume
     result = session.fit(train, val, loss=DPOLoss...)   # method applied, compiled, THE loop
     session.save_artifact()                             # the method's own folder format, atomically
     session.finish(session.summary(result) | {...})     # report.json / report.md / plots/loss.png
@@ -33,6 +33,7 @@ from tuneforge.data.render import Encoded, setup_chat_template
 from tuneforge.models.load import SAFE, LoadPolicy, load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
+from tuneforge.run_dir import ADAPTER, MODEL, RunDir
 from tuneforge.runs import check_run_dir, create_run_dir
 from tuneforge.train.distributed import make_accelerator
 from tuneforge.train.levers import choose_attention, compile_blocks, peak_memory_gb, should_compile
@@ -93,7 +94,7 @@ class Session:
         config.yaml is a run of its own to `tuneforge runs`."""
         create_run_dir(self.run, self.overwrite, self.resume)
         if record_config:
-            atomic_write_text(self.run / "config.yaml", dump_config(self.cfg))
+            atomic_write_text(RunDir(self.run).config, dump_config(self.cfg))
         return self.run
 
     @property
@@ -116,12 +117,12 @@ class Session:
         self.log(f"model: {self.model_path} on {self.device}, compute "
                  f"{'bf16 autocast' if self.amp else 'fp32'}, method {cfg.method.name}")
 
-    def evaluate_once(self, filename: str, evaluate: Callable[[], dict], what: str) -> dict | None:
+    def evaluate_once(self, evaluate: Callable[[], dict], what: str) -> dict | None:
         """The starting model's scores, computed once and kept in the run folder (a resumed run has
         trained weights in memory by then, so it must not score "before" again). Main process only."""
         if not self.is_main:
             return None
-        path = self.run / filename
+        path = RunDir(self.run).eval_before
         if path.is_file():
             return json.loads(path.read_text())
         self.log(what)
@@ -156,7 +157,7 @@ class Session:
         """The method's own folder (PEFT adapter, bottleneck adapter, or a whole HF model), with the
         tokenizer, written atomically."""
         method = METHODS[self.cfg.method.name]
-        final = self.run / method.artifact_name
+        final = self.run / (ADAPTER if method.adapter else MODEL)
         with atomic_dir(final) as tmp:
             method.save(self.model, tmp)
             self.tokenizer.save_pretrained(tmp)

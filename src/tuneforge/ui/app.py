@@ -29,7 +29,9 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from tuneforge.errors import UserError
-from tuneforge.serve.app import resolve_api_key
+from tuneforge.models.policy import SAFE, LoadPolicy
+from tuneforge.serve.auth import resolve_api_key
+from tuneforge.ui.chat_models import ChatModels
 from tuneforge.ui import chat, guard, launch, runs
 from tuneforge.ui.http import Fail, fail_response, user_error_response
 from tuneforge.ui.launcher import Launcher
@@ -43,7 +45,7 @@ def page():
 
 
 def create_ui_app(runs_dir: str | Path, api_key: str | None = None, serve_dir: str | Path | None = None,
-                  examples_dir: str | Path = "examples") -> FastAPI:
+                  examples_dir: str | Path = "examples", policy: LoadPolicy = SAFE) -> FastAPI:
     """The dashboard over `runs_dir`. Feedback from the chat goes to `serve_dir` (default RUNS/../serve),
     the store `tuneforge serve` writes and `tuneforge feedback export` reads."""
     runs_dir = Path(runs_dir)
@@ -51,7 +53,8 @@ def create_ui_app(runs_dir: str | Path, api_key: str | None = None, serve_dir: s
     app = FastAPI(title="tuneforge ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = UIState(runs_dir=runs_dir, key=api_key.encode() if api_key else None,
                            serve_dir=Path(serve_dir) if serve_dir else runs_dir.resolve().parent / "serve",
-                           examples_dir=Path(examples_dir), launcher=Launcher(runs_dir))
+                           examples_dir=Path(examples_dir), launcher=Launcher(runs_dir, policy),
+                           chat_models=ChatModels(policy))
     app.middleware("http")(guard.guard)
     app.add_exception_handler(Fail, fail_response)
     app.add_exception_handler(UserError, user_error_response)
@@ -62,9 +65,9 @@ def create_ui_app(runs_dir: str | Path, api_key: str | None = None, serve_dir: s
 
 
 def run_ui(runs_dir: Path, host: str = "127.0.0.1", port: int = 8765, api_key: str | None = None,
-           serve_dir: Path | None = None) -> None:
+           serve_dir: Path | None = None, policy: LoadPolicy = SAFE) -> None:
     """`tuneforge ui`: the same key rule as `tuneforge serve` (beyond loopback a key is required)."""
     key = resolve_api_key(api_key, host)
-    app = create_ui_app(runs_dir, api_key=key, serve_dir=serve_dir)
+    app = create_ui_app(runs_dir, api_key=key, serve_dir=serve_dir, policy=policy)
     print(f"tuneforge ui on http://{host}:{port}/ (runs: {runs_dir})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from tuneforge.models.policy import SAFE, LoadPolicy
 from tuneforge.run_dir import RunDir
 
 
@@ -15,7 +16,8 @@ def has_confidence(run: RunDir) -> bool:
 
 
 class ChatModels:
-    def __init__(self):
+    def __init__(self, policy: LoadPolicy = SAFE):
+        self.policy = policy
         self._models: dict[Path, tuple] = {}
         self._lock = threading.Lock()
 
@@ -34,13 +36,12 @@ class ChatModels:
             model, tok = loaded
             return generate(model, tok, [messages], max_new_tokens=max_tokens)[0], None
 
-    @staticmethod
-    def _load(run: Path) -> tuple:
+    def _load(self, run: Path) -> tuple:
         # torch and transformers load on the first chat, not when the dashboard starts.
         if has_confidence(RunDir(run)):
             from tuneforge.calibration.confidence import ConfidenceModel
 
-            return "confidence", ConfidenceModel(run)
+            return "confidence", ConfidenceModel(run, self.policy)
         from tuneforge.models.merge import load_for_inference
 
-        return ("plain", *load_for_inference(run))
+        return ("plain", *load_for_inference(run, policy=self.policy))

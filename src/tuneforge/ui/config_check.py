@@ -32,14 +32,22 @@ def config_errors(raw, name: str | None, runs_dir: Path) -> list[dict]:
         errors.append({"key": "name", "message": "run name: letters, digits, '_', '-', '.' (no slashes)"})
     raw = {**raw, "output_dir": str(runs_dir / (name or "run"))}
     try:
-        require_data(Config.model_validate(raw))
+        cfg = require_data(Config.model_validate(raw))
+        # The recipes load torch and transformers: imported when a config is checked, not at start-up.
+        from tuneforge.recipes import RECIPES
+        from tuneforge.recipes.base import check_recipe
+
+        check_recipe(RECIPES[cfg.recipe], cfg, resume=False)
     except ValidationError as e:
         for err in e.errors():
             text = describe_error(err, raw)
             key, _, msg = text.partition(": ")
             errors.append({"key": key if msg and " " not in key else "(config)", "message": text})
     except UserError as e:
-        errors.append({"key": "data", "message": str(e).removeprefix("config: ")})
+        text = str(e).removeprefix("config: ")
+        key = text.partition(":")[0]
+        errors.append({"key": key if key in ("method", "preference.reference", "calibration.regularizer") else "data",
+                       "message": text})
     return errors
 
 

@@ -10,12 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+from tuneforge.models.policy import SAFE, LoadPolicy
 from tuneforge.ui.http import Fail
 
 
 class Launcher:
-    def __init__(self, runs_dir: Path):
+    def __init__(self, runs_dir: Path, policy: LoadPolicy = SAFE):
         self.runs_dir = runs_dir
+        self.policy = policy  # handed to each training it starts, as the CLI's flags
         self.dir = runs_dir / ".launch"
         self.procs: dict[str, dict] = {}
         self._lock = threading.Lock()
@@ -45,7 +47,7 @@ class Launcher:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 cfg.write_text(yaml_text or "", encoding="utf-8")
             log = self.dir / f"{name}.log"
-            cmd = [sys.executable, "-m", "tuneforge", "train", str(cfg), *(["--resume"] if resume else [])]
+            cmd = [sys.executable, "-m", "tuneforge", *self.policy.cli_flags(), "train", str(cfg), *(["--resume"] if resume else [])]
             with open(log, "ab") as out:
                 # A session of its own: Ctrl-C on the UI does not stop training.
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

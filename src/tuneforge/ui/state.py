@@ -3,7 +3,7 @@ trainings, the chat models and the feedback store."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
@@ -22,7 +22,7 @@ class UIState:
     serve_dir: Path
     examples_dir: Path
     launcher: Launcher
-    chat_models: ChatModels = field(default_factory=ChatModels)
+    chat_models: ChatModels
     _store: FeedbackStore | None = None
 
     def store(self) -> FeedbackStore:

@@ -24,6 +24,7 @@ from tuneforge.recipes.calibration.answer import answer_stage
 from tuneforge.recipes.calibration.evaluate import evaluate_stage
 from tuneforge.recipes.calibration.grade import grade_stage
 from tuneforge.recipes.calibration.tune import tune_stage
+from tuneforge.run_dir import RunDir
 from tuneforge.runs import check_run_dir
 from tuneforge.train.session import Session
 
@@ -60,5 +61,6 @@ class Calibration(RecipeBase):
         return session.run
 
     def outputs(self, run: Path) -> dict[str, Path]:
-        names = ("graded.jsonl", "grading.json", "calibration.json", "calibration.md")
-        return {name: run / name for name in names if (run / name).is_file()}
+        files = RunDir(run)
+        wanted = (files.graded, files.grading, files.calibration_json, files.calibration_md)
+        return {path.name: path for path in wanted if path.is_file()}

@@ -12,6 +12,7 @@ from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import generate
 from tuneforge.recipes.calibration.files import write_jsonl
+from tuneforge.run_dir import RunDir
 from tuneforge.train.session import Session
 
 
@@ -36,7 +37,7 @@ def _sample(items: list, limit: int | None, seed: int) -> list:
 
 
 def answer_stage(session: Session) -> None:
-    cfg, run, say = session.cfg, session.run, session.log
+    cfg, say, files = session.cfg, session.log, RunDir(session.run)
     cal = cfg.calibration
     summary: dict = {"source": cfg.data.train, "shift": cal.shift}
     if is_graded_file(cfg.data.train):
@@ -46,8 +47,8 @@ def answer_stage(session: Session) -> None:
         if cal.shift:
             rows += [g.to_dict() | {"split": "shift"} for g in _shift_graded(cfg)]
         session.start()
-        write_jsonl(run / "graded.jsonl", rows)
-        write_json(run / "answering.json", summary | {"given_graded": True, "questions": len(rows)})
+        write_jsonl(files.graded, rows)
+        write_json(files.answering, summary | {"given_graded": True, "questions": len(rows)})
         say(f"{cfg.data.train} is already graded: {len(rows)} items, answering and grading skipped")
         return
 
@@ -75,9 +76,9 @@ def answer_stage(session: Session) -> None:
     started = time.time()
     answers = generate(model, tokenizer, prompts, max_new_tokens=cal.answer_max_new_tokens,
                        batch_size=cal.batch_size, stop_at_newline=True)
-    write_jsonl(run / "answers.jsonl", [q.to_dict() | {"answer": a, "split": s}
+    write_jsonl(files.answers, [q.to_dict() | {"answer": a, "split": s}
                                         for (s, q), a in zip(items, answers)])
-    write_json(run / "answering.json", summary | {
+    write_json(files.answering, summary | {
         "model": model_path, "questions": len(items), "skipped_without_target": skipped + shift_skipped,
         "empty_answers": sum(not a.strip() for a in answers), "seconds": round(time.time() - started, 1),
         "splits": {s: sum(1 for x, _ in items if x == s) for s in ("train", "val", "test", "shift")}})

@@ -19,12 +19,11 @@ from tuneforge.errors import UserError
 from tuneforge.eval.uncertainty import comparison_chart, markdown_table, reliability_diagram, summarize
 from tuneforge.recipes.calibration.answer import few_shot_examples
 from tuneforge.recipes.calibration.files import load_run_graded
+from tuneforge.run_dir import RunDir
 from tuneforge.train.precision import resolve_precision
 from tuneforge.train.session import Session
 
 SPLITS = ("test", "shift")
-RESULTS_JSON = "calibration_results.json"
-RESULTS_MD = "calibration.md"
 
 
 def evaluate_stage(session: Session) -> dict:
@@ -93,9 +92,9 @@ def evaluate_stage(session: Session) -> dict:
         raise UserError(f"{run}/graded.jsonl has no 'test' or 'shift' answers to evaluate on")
     out = {"results": results, "details": extras, "temperature": info.get("temperature"),
            "train": info.get("train"), "method": info.get("method")}
-    write_json(run / RESULTS_JSON, out)
-    atomic_write_text(run / RESULTS_MD, _report(run, out))
-    say(f"results: {run / RESULTS_MD}")
+    write_json(RunDir(run).calibration_results, out)
+    atomic_write_text(RunDir(run).calibration_md, _report(run, out))
+    say(f"results: {RunDir(run).calibration_md}")
     print(markdown_table(results))
     return out
 
@@ -106,8 +105,8 @@ def _slug(name: str) -> str:
 
 def _plots(run: Path, split: str, conf: dict[str, list[float]], correct: list[bool], summary: dict) -> None:
     for name, c in conf.items():
-        reliability_diagram(c, correct, run / "plots" / f"reliability-{split}-{_slug(name)}.png", f"{name} ({split})")
-    comparison_chart(summary, run / "plots" / f"calibration-{split}.png",
+        reliability_diagram(c, correct, RunDir(run).plots / f"reliability-{split}-{_slug(name)}.png", f"{name} ({split})")
+    comparison_chart(summary, RunDir(run).plots / f"calibration-{split}.png",
                      f"Confidence methods on the {split} split (n={len(correct)})")
 
 

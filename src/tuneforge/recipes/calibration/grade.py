@@ -6,16 +6,18 @@ from tuneforge.atomic import write_json
 from tuneforge.calibration.grade import grade, regrade_with_judge
 from tuneforge.calibration.questions import Graded, load_graded, question_from_dict
 from tuneforge.recipes.calibration.files import read_stage_file, write_jsonl
+from tuneforge.run_dir import RunDir
 from tuneforge.train.session import Session
 
 
 def grade_stage(session: Session) -> None:
     cfg, run, say = session.cfg, session.run, session.log
-    if (run / "graded.jsonl").is_file() and not (run / "answers.jsonl").is_file():
+    files = RunDir(run)
+    if files.graded.is_file() and not files.answers.is_file():
         say("graded.jsonl was given: nothing to grade")
-        write_json(run / "grading.json", grading_summary(load_graded(str(run / "graded.jsonl"))))
+        write_json(files.grading, grading_summary(load_graded(str(files.graded))))
         return
-    rows = read_stage_file(run, "answers.jsonl", "answer")
+    rows = read_stage_file(files.answers, "answer")
     cal = cfg.calibration
     graded = []
     for row in rows:
@@ -28,9 +30,9 @@ def grade_stage(session: Session) -> None:
         session.load_model(cfg.model if cal.judge == "base" else cal.judge, training=False)
         say(f"asking the judge {session.model_path} about open answers the rules marked wrong...")
         flipped = regrade_with_judge(graded, session.model, session.tokenizer)
-    write_jsonl(run / "graded.jsonl", [g.to_dict() for g in graded])
+    write_jsonl(files.graded, [g.to_dict() for g in graded])
     summary = grading_summary(graded) | {"judge": cal.judge, "judge_flipped_to_correct": flipped}
-    write_json(run / "grading.json", summary)
+    write_json(files.grading, summary)
     for split, s in summary["splits"].items():
         say(f"graded {split}: {s['n']} answers, {s['correct']} correct ({s['accuracy']:.1%})")
 
