@@ -11,7 +11,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneforge.eval.generate import _autocast, generate, render_prompt
+from tuneforge.eval.generate import generation_autocast, generate, render_prompt
 
 TOPICS = ["the sea", "prime numbers", "Paris", "a lazy dog", "the moon", "coffee", "rain", "chess"]
 TEMPLATES = [
@@ -29,7 +29,7 @@ TEMPLATES = [
 
 def one_at_a_time(model, tok, prompts, max_new_tokens, bf16):
     outs, n_tokens = [], 0
-    with torch.inference_mode(), _autocast(next(model.parameters()).device, bf16):
+    with torch.inference_mode(), generation_autocast(next(model.parameters()).device, bf16):
         for p in prompts:
             ids = tok(render_prompt(tok, p), add_special_tokens=False, return_tensors="pt")
             out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig
 from tuneforge.data.formats import _ROLE_ALIASES, Segment
-from tuneforge.data.render import Encoded, _render
+from tuneforge.data.render import Encoded, render_text
 from tuneforge.data.sources import Record, read_records
 from tuneforge.errors import UserError
 
@@ -158,10 +158,10 @@ def _render_pair_texts(pair: Pair, tokenizer) -> tuple[str, str, str]:
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat template; set "
                         "data.chat_template (a Jinja template or 'chatml')")
-    prompt = _render(tokenizer, pair.prompt, add_generation_prompt=True, where=pair.where)
+    prompt = render_text(tokenizer, pair.prompt, add_generation_prompt=True, where=pair.where)
     responses = []
     for text in (pair.chosen, pair.rejected):
-        full = _render(tokenizer, pair.prompt + [Segment("assistant", text, True)], add_generation_prompt=False,
+        full = render_text(tokenizer, pair.prompt + [Segment("assistant", text, True)], add_generation_prompt=False,
                        where=pair.where)
         if not full.startswith(prompt):
             raise UserError(f"{pair.where}: the chat template does not render the prompt as a prefix of the "

@@ -65,7 +65,7 @@ def _messages(segs: list[Segment]) -> list[dict]:
     return [{"role": s.role, "content": s.text} for s in segs]
 
 
-def _render(tokenizer, segs: list[Segment], add_generation_prompt: bool, where: str = "") -> str:
+def render_text(tokenizer, segs: list[Segment], add_generation_prompt: bool, where: str = "") -> str:
     import jinja2
 
     try:
@@ -86,15 +86,15 @@ def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {tokenizer.name_or_path or 'the model'} has no chat template; set "
                         "data.chat_template (a Jinja template or 'chatml') or use plain-text data (data.format: text)")
-    full = _render(tokenizer, segs, add_generation_prompt=False, where=example.where)
+    full = render_text(tokenizer, segs, add_generation_prompt=False, where=example.where)
     if train_on_prompt:
         return full, [(0, len(full))]
     spans = []
     for i, seg in enumerate(segs):
         if not (seg.role == "assistant" and seg.train):
             continue
-        before = _render(tokenizer, segs[:i], add_generation_prompt=True, where=example.where) if i else ""
-        upto = _render(tokenizer, segs[: i + 1], add_generation_prompt=False, where=example.where)
+        before = render_text(tokenizer, segs[:i], add_generation_prompt=True, where=example.where) if i else ""
+        upto = render_text(tokenizer, segs[: i + 1], add_generation_prompt=False, where=example.where)
         if not full.startswith(upto) or not upto.startswith(before):
             raise UserError(f"{example.where}: the chat template does not render conversations "
                             "prefix-consistently, so assistant turns cannot be located; set data.chat_template")

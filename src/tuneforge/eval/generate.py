@@ -40,7 +40,7 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
-def _autocast(device: torch.device, enabled: bool):
+def generation_autocast(device: torch.device, enabled: bool):
     if not enabled or device.type not in ("cpu", "cuda"):
         return contextlib.nullcontext()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -66,7 +66,7 @@ def generation_config(model, tokenizer, max_new_tokens: int, temperature: float 
     return gen_config
 
 
-def _seeded(seed: int | None, device: torch.device):
+def seeded(seed: int | None, device: torch.device):
     if seed is None:
         return contextlib.nullcontext()
     # Fork so a seeded eval does not reset the caller's (e.g. the trainer's) RNG stream.
@@ -115,7 +115,7 @@ def generate(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         # force_eager: blocks compiled for training would otherwise recompile for the KV-cache path.
-        with torch.inference_mode(), _autocast(device, autocast_bf16), _seeded(seed, device), \
+        with torch.inference_mode(), generation_autocast(device, autocast_bf16), seeded(seed, device), \
                 torch.compiler.set_stance("force_eager"):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]

@@ -26,7 +26,7 @@ import torch
 
 from tuneforge.config import SuiteConfig
 from tuneforge.errors import UserError
-from tuneforge.eval.generate import _autocast, generate, render_prompt
+from tuneforge.eval.generate import generation_autocast, generate, render_prompt
 from tuneforge.eval.metrics import METRICS, normalize_answer
 
 NUMERIC_TOLERANCE = 1e-4  # relative, as in calibration's numeric grader
@@ -296,7 +296,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[in
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _autocast(device, device.type == "cuda"):
+        with torch.inference_mode(), generation_autocast(device, device.type == "cuda"):
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
                 width = max(len(seqs[i]) for i in idx)

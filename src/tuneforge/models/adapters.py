@@ -15,7 +15,7 @@ from tuneforge.errors import UserError
 from tuneforge.models.load import SAFE, LoadPolicy, check_weights_format, load_model, load_tokenizer, resolve_model_path
 from tuneforge.models.bottleneck import (is_bottleneck_dir, is_bottleneck_model, load_bottleneck,
                                          set_bottleneck_enabled)
-from tuneforge.models.merge import _locate, check_adapter_fits
+from tuneforge.models.merge import locate_artifact, check_adapter_fits
 
 
 @contextlib.contextmanager
@@ -69,7 +69,7 @@ class AdapterSet:
     def add(self, name: str, path: Path) -> None:
         from peft import PeftModel
 
-        found = _locate(path)
+        found = locate_artifact(path)
         if is_bottleneck_dir(found):
             if self.bottleneck:
                 raise UserError(f"--adapter {name}: only one bottleneck adapter at a time "

@@ -25,7 +25,7 @@ def _run_method(found: Path) -> str | None:
     return method.get("name") if isinstance(method, dict) else method
 
 
-def _locate(path: str | Path) -> Path:
+def locate_artifact(path: str | Path) -> Path:
     """A run directory (its adapter/ or model/), an adapter folder or a model folder."""
     p = Path(path)
     if not p.exists():
@@ -65,7 +65,7 @@ def check_adapter_fits(adapter_dir: Path, base_path: str, policy: LoadPolicy = S
 
 def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPolicy = SAFE):
     """(model, tokenizer) ready for generation; an adapter is loaded onto its base by its method's loader."""
-    found = _locate(path)
+    found = locate_artifact(path)
     method = artifact_method(found)
     if method is None:
         model = load_model(str(found), policy=policy)
@@ -84,7 +84,7 @@ def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPo
 
 
 def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy: LoadPolicy = SAFE) -> Path:
-    found = _locate(path)
+    found = locate_artifact(path)
     method = "bottleneck" if is_bottleneck_dir(found) else _run_method(found)
     if method and not METHODS[method].mergeable and METHODS[method].why_not_mergeable:
         raise UserError(f"cannot merge a {method} run: {METHODS[method].why_not_mergeable}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.eval.generate import Prompt, _autocast, _seeded, generation_config, render_prompt
+from tuneforge.eval.generate import Prompt, generation_autocast, seeded, generation_config, render_prompt
 from tuneforge.errors import UserError
 from tuneforge.models.adapters import AdapterSet
 from tuneforge.models.policy import SAFE, LoadPolicy
@@ -133,7 +133,7 @@ class ServedModels:
                 tok.padding_side = "left"
                 batch = tok.pad({"input_ids": encoded}, return_tensors="pt")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                with torch.inference_mode(), _autocast(self.device, self.bf16), _seeded(seed, self.device), \
+                with torch.inference_mode(), generation_autocast(self.device, self.bf16), seeded(seed, self.device), \
                         torch.compiler.set_stance("force_eager"):
                     out = model.generate(**batch, generation_config=gen_config, **extra)
             finally:
