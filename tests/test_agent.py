@@ -8,6 +8,7 @@ from conftest import run_cli, write_config
 from tuneforge.run_dir import RunDir
 from tuneforge.agent.env import generate_tasks, world_registry
 from tuneforge.agent.evaluate import static_predictions
+from tuneforge.agent.models import systems
 from tuneforge.agent.roles import TaskHeader, render_call, render_plan, render_step, target
 from tuneforge.agent.runtime import AgentRuntime
 from tuneforge.agent.trajectory import Call
@@ -67,6 +68,23 @@ def test_step_limit_cuts_an_episode_and_single_model_mode_parses_backbone_replie
     assert ep.final_answer == "It is 5." and ep.history[0].observation == "5"
 
 
+def test_lenient_runtime_reads_replies_as_the_reference_pipeline_does():
+    """Strict: a planner reply without "Next:" is a parse failure; lenient: it goes to the caller."""
+    replies = dict(planner=["Add two and three", "Done.\nNext: conclusion"],
+                   caller=['Action: add\nAction Input: {"a": 2, "b": 3}'], summarizer=["It is 5."])
+    strict = AgentRuntime(Scripted(**{k: list(v) for k, v in replies.items()}), world_registry(),
+                          max_steps=2).run([_task()])[0]
+    assert strict.parse_failures == 1 and strict.history[0].decision is None
+    lenient = AgentRuntime(Scripted(**{k: list(v) for k, v in replies.items()}), world_registry(),
+                           parsing="lenient").run([_task()])[0]
+    assert lenient.parse_failures == 0 and lenient.history[0].observation == "5"
+    assert lenient.final_answer == "It is 5."
+    single = Scripted(backbone=['I will add.\nAction: add\nAction Input: {"a": 2, "b": 3}',
+                                "Have it.\nNext: conclusion\nIt is 5."])
+    ep = AgentRuntime(single, world_registry(), single_model=True, parsing="lenient").run([_task()])[0]
+    assert ep.history[0].observation == "5" and ep.final_answer == "It is 5."
+
+
 def test_runtime_batches_episodes_by_role():
     fake = Scripted(planner=["Stop.\nNext: give up"] * 3)
     eps = AgentRuntime(fake, world_registry()).run([_task(), _task(), _task()])
@@ -122,21 +140,39 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     assert code == 0, err
     run = tmp_path / "run"
     layout = json.loads((run / "agent.json").read_text())
-    assert layout["steps"] == {"global": 2, "local": 3, "single": 5}  # the baseline gets the same total steps
+    assert layout["steps"]["global"] == 2 and layout["steps"]["local"] == 3
+    # Two baselines: the backbone itself, and the backbone trained on for stage 2's tokens.
+    assert set(layout["baselines"]) == {"backbone", "backbone trained on"}
+    assert layout["baselines"]["backbone"] == "global/adapter"
+    per_step = layout["tokens"]["global"] / layout["steps"]["global"]
+    assert layout["steps"]["trained on"] == max(1, round(layout["tokens"]["local"] / per_step))
+    trained_on = json.loads((run / layout["baselines"]["backbone trained on"] / "adapter_config.json").read_text())
+    assert trained_on["base_model_name_or_path"].endswith("global/merged")  # it starts from the backbone
     assert set(layout["roles"]) == {"planner", "caller", "summarizer"}
     assert (run / "global" / "merged" / "config.json").is_file()
     for role in layout["roles"].values():
         cfg_json = json.loads((run / role / "adapter_config.json").read_text())
         assert cfg_json["base_model_name_or_path"].endswith("global/merged")
     results = json.loads((run / "agent_results.json").read_text())
-    for rows in results.values():
-        assert set(rows) == {"single model", "three roles"}
-        for metrics in rows.values():
+    held = systems(layout)
+    assert len(held) >= 2 and held[0] == "three roles"
+    for res in results.values():
+        assert list(res["systems"]) == held
+        for metrics in res["systems"].values():
             assert {"plan_accuracy", "action_em", "hallucination_rate", "argument_f1", "success_rate"} <= set(metrics)
-    assert "three roles" in (run / "agent.md").read_text()
+        for parsing in ("strict", "lenient"):
+            report = res["step_wise"][parsing]
+            assert set(report["metrics"]) == set(held) and set(report["paired"]) == set(held[1:])
+            ci = report["metrics"]["three roles"]["plan_accuracy"]
+            assert ci["tasks"] == 2 and (ci["point"] is None or ci["lo"] <= ci["point"] <= ci["hi"])
+            assert set(report["mcnemar"][held[1]]) == {"plan_accuracy", "action_em"}
+            assert set(report["errors"]["three roles"]["by_role"]) == {"planner", "caller", "summarizer"}
+        assert {"success_rate"} <= set(res["end_to_end"]["metrics"]["three roles"])
+    md = (run / "agent.md").read_text()
+    assert "three roles" in md and "Strict vs lenient parsing" in md and "is **no difference**" in md
     assert RunDir(run).status() == "finished" and layout["test"]  # the one status rule, on a real agent run
     traces = list((run / "traces").glob("*.jsonl"))
-    assert len(traces) == 4
+    assert len(traces) == 2 * len(held)  # one per test file and system
     first = json.loads(traces[0].read_text().splitlines()[0])
     assert first["trace"] and {"role", "reply"} <= set(first["trace"][0])
 

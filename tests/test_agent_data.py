@@ -8,6 +8,7 @@ import pytest
 
 from tuneforge.agent.roles import (
     OBSERVATION_CHARS,
+    ROLE_LINES,
     ROLES,
     TaskHeader,
     build_role_examples,
@@ -242,18 +243,28 @@ def test_written_sample_reads_back(tmp_path):
 
 
 def test_system_prompts():
-    for role in ("backbone", "planner", "caller"):
+    for role in ROLES:
         text = system_prompt(role, TOOLS)
         # ToolBench's own parameter shape ({"city": "string"}) is not a JSON schema: shown as JSON
         assert '- get_weather: Parameters: {"city":"string"}: Weather for a city.' in text
         assert "- get_time()" in text
         line = next(x for x in text.splitlines() if x.startswith("- get_weather"))
         assert len(line) < 260 and "..." in line  # the 600-character description is cut
-    summ = system_prompt("summarizer", TOOLS)
-    assert "get_weather" not in summ and "Tools:" not in summ
     assert len({system_prompt(r, TOOLS) for r in ROLES}) == 4
     with pytest.raises(ValueError):
         system_prompt("critic", TOOLS)
+
+
+def test_role_prompts_differ_from_the_backbone_by_the_role_line_only():
+    """One skeleton (tools, history format, instructions) as in the α-UMi reference: stage 2 starts from
+    the prompt stage 1 trained on, with one line saying which part of the step the model writes."""
+    backbone = system_prompt("backbone", TOOLS).splitlines()
+    for role in ROLES[1:]:
+        lines = system_prompt(role, TOOLS).splitlines()
+        assert len(lines) == len(backbone)
+        differ = [i for i, (a, b) in enumerate(zip(backbone, lines)) if a != b]
+        assert len(differ) == 1 and lines[differ[0]] == ROLE_LINES[role]
+        assert backbone[differ[0]] == ROLE_LINES["backbone"]
 
 
 def test_json_schema_tools_render_as_signatures():

@@ -1,10 +1,12 @@
 import pytest
 
-from tuneforge.agent.trajectory import Call
+from tuneforge.agent.evaluate import StepReplies, read_backbone, read_plan, score_replies, static_replies
+from tuneforge.agent.trajectory import Call, Step, ToolSpec, Trajectory
 from tuneforge.eval.agent_metrics import (
     EpisodeResult, StepPrediction, action_exact_match, answer_rouge_l, argument_f1, comparison_chart,
-    comparison_table, episode_metrics, hallucination_rate, mean_argument_f1, normalize_value,
-    plan_accuracy, step_metrics,
+    comparison_table, difference_table, episode_metrics, episode_report, error_breakdown, error_table,
+    hallucination_rate, interval_table, mean_argument_f1, normalize_value, paired_step_differences,
+    parsing_table, per_task, plan_accuracy, step_error, step_intervals, step_mcnemar, step_metrics, step_report,
 )
 
 
@@ -210,3 +212,141 @@ def test_comparison_chart(tmp_path):
     with pytest.raises(ValueError):
         comparison_chart({"x": {"steps": 3}}, tmp_path / "none.png", "nothing to chart")
     assert not (tmp_path / "none.png").exists()
+
+
+# --------------------------------------------------------------------------- statistics over tasks
+
+def with_tasks(steps, tasks):
+    for i, (s, t) in enumerate(zip(steps, tasks)):
+        s.task, s.step = t, i
+    return steps
+
+
+def test_step_intervals_resample_tasks_and_keep_the_step_level_point():
+    steps = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    assert per_task(steps, "plan_accuracy") == {0: (3.0, 3), 1: (1.0, 2), 2: (0.0, 2)}
+    assert per_task(steps, "action_em") == {0: (2.0, 3), 1: (0.0, 1)}  # task 2 has no call step
+    ci = step_intervals(steps)
+    flat = step_metrics(steps)
+    for metric in ("plan_accuracy", "action_em", "hallucination_rate", "argument_f1", "rouge_l"):
+        assert ci[metric]["point"] == flat[metric]
+        assert ci[metric]["lo"] <= ci[metric]["point"] <= ci[metric]["hi"]
+    assert (ci["plan_accuracy"]["tasks"], ci["plan_accuracy"]["steps"]) == (3, 7)
+    assert (ci["action_em"]["tasks"], ci["action_em"]["steps"]) == (2, 4)
+    with pytest.raises(ValueError, match="task id"):
+        step_intervals(mixed_steps())  # no task ids: never a silent step-level bootstrap
+
+
+def test_paired_step_differences_and_mcnemar_pair_the_same_gold_steps():
+    a = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    b = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    b[0].pred_decision = "finish"  # b wrong where a is right: plan and (no call) action
+    b[0].pred_call = None
+    b[3].pred_decision, b[3].pred_call = "call", c("weather", {"city": "Rome"})  # b right where a is wrong
+    d = paired_step_differences(a, b)
+    assert d["plan_accuracy"]["diff"] == pytest.approx(round(plan_accuracy(a) - plan_accuracy(b), 4))
+    assert d["action_em"]["diff"] == pytest.approx(round(action_exact_match(a) - action_exact_match(b), 4))
+    assert d["plan_accuracy"]["lo"] <= d["plan_accuracy"]["diff"] <= d["plan_accuracy"]["hi"]
+    tests = step_mcnemar(a, b)
+    assert (tests["plan_accuracy"]["b10"], tests["plan_accuracy"]["b01"]) == (1, 1)
+    assert (tests["action_em"]["b10"], tests["action_em"]["b01"], tests["action_em"]["n"]) == (1, 1, 4)
+    with pytest.raises(ValueError, match="same gold steps"):
+        paired_step_differences(a, b[:-1])
+
+
+def test_error_attribution_by_role():
+    steps = mixed_steps()
+    three = [step_error(s, single_model=False) for s in steps]
+    assert three == [None, ("caller", "wrong args"), ("caller", "wrong tool"), ("planner", "wrong decision"),
+                     None, ("planner", "no decision"), ("planner", "wrong decision")]
+    poor = StepPrediction("finish", "finish", None, None, TOOLS, gold_answer="it is sunny in Rome",
+                          pred_answer="the weather")
+    assert step_error(poor, single_model=False) == ("summarizer", "wrong answer")
+    assert step_error(poor, single_model=True) == ("backbone", "wrong answer")
+    assert [step_error(s, single_model=True) for s in steps][1:4] == [
+        ("backbone", "wrong args"), ("backbone", "wrong tool"), ("backbone", "wrong decision")]
+    assert error_breakdown(steps + [poor], single_model=False) == {
+        "steps": 8, "failed": 6, "by_role": {"planner": {"no decision": 1, "wrong decision": 2},
+                                             "caller": {"wrong tool": 1, "wrong args": 1},
+                                             "summarizer": {"wrong answer": 1}}}
+    assert error_breakdown(steps, single_model=True)["by_role"] == {"backbone": {
+        "no decision": 1, "wrong decision": 2, "wrong tool": 1, "wrong args": 1, "wrong answer": 0}}
+
+
+def test_reports_and_tables():
+    a = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    b = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    b[1].pred_decision = None
+    rep = step_report({"three roles": a, "backbone": b}, {"three roles": False, "backbone": True}, "three roles")
+    assert set(rep) == {"metrics", "paired", "mcnemar", "errors"}
+    assert list(rep["paired"]) == ["backbone"] and set(rep["mcnemar"]["backbone"]) == {"plan_accuracy", "action_em"}
+    table = interval_table(rep["metrics"])
+    assert table.splitlines()[0] == "| metric | n (tasks / steps) | three roles | backbone |"
+    lo, hi = rep["metrics"]["three roles"]["plan_accuracy"]["lo"], rep["metrics"]["three roles"]["plan_accuracy"]["hi"]
+    assert f"| plan accuracy (%) ↑ | 3 / 7 | 57.1 [{100 * lo:.1f}, {100 * hi:.1f}] |" in table
+    diffs = difference_table(rep["paired"], rep["mcnemar"], "three roles")
+    assert "three roles − backbone | McNemar p |" in diffs.splitlines()[0]
+    assert "| plan accuracy (%) ↑ | 3 / 7 | +14.3 [" in diffs and "| argument F1 (%) ↑ | 2 / 4 | " in diffs
+    assert diffs.splitlines()[-1].endswith("| — |")  # ROUGE-L: no McNemar test
+    both = parsing_table({"strict": rep["metrics"], "lenient": rep["metrics"]})
+    assert both.splitlines()[0] == ("| metric | three roles (strict) | three roles (lenient) | backbone (strict) "
+                                    "| backbone (lenient) |")
+    errors = error_table(rep["errors"])
+    assert "| planner: wrong decision | 2 | — |" in errors and "| backbone: no decision | — | 2 |" in errors
+    results = {"three roles": [EpisodeResult(True, 3, 0, 0, False, task=0),
+                               EpisodeResult(False, 5, 1, 0, False, task=1)],
+               "backbone": [EpisodeResult(False, 4, 0, 1, False, task=0),
+                            EpisodeResult(False, 2, 0, 0, True, task=1)]}
+    ep = episode_report(results, "three roles")
+    assert ep["metrics"]["three roles"]["success_rate"]["point"] == 0.5
+    assert ep["paired"]["backbone"]["success_rate"]["diff"] == 0.5
+    assert ep["mcnemar"]["backbone"]["success_rate"]["b10"] == 1
+
+
+def test_comparison_chart_with_error_bars(tmp_path):
+    steps = with_tasks(mixed_steps(), [0, 0, 0, 1, 1, 2, 2])
+    out = comparison_chart({"x": step_metrics(steps)}, tmp_path / "c.png", "bars",
+                           intervals={"x": step_intervals(steps)})
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------------- strict vs lenient parsing
+
+
+def test_lenient_parsing_reads_decisionless_replies_as_calls():
+    assert read_plan("Add them.\nNext: caller", "strict") == ("Add them.", "call")
+    assert read_plan("I will add the numbers", "strict") == ("I will add the numbers", None)
+    assert read_plan("I will add the numbers", "lenient") == ("I will add the numbers", "call")
+    assert read_plan("Done.\nNext: give up", "lenient")[1] == "give_up"  # a decision is never overridden
+    action = 'I should add.\nAction: add\nAction Input: {"a": 1, "b": 2}'
+    assert read_backbone(action, "strict")[1:3] == (None, None)
+    _, decision, call, answer = read_backbone(action, "lenient")
+    assert decision == "call" and call.name == "add" and call.arguments == {"a": 1, "b": 2} and answer is None
+    assert read_backbone("no action here", "lenient")[1:] == (None, None, None)  # no Action line: still nothing
+    assert read_backbone("Done.\nNext: conclusion\nIt is 3.", "lenient")[1:] == ("finish", None, "It is 3.")
+
+
+def _traj():
+    gold = Call("add", {"a": 1, "b": 2}, '{"a": 1, "b": 2}')
+    return Trajectory("Add 1 and 2.", [ToolSpec("add")], [Step("Add.", "call", gold, "3"),
+                                                         Step("Done.", "finish", final_answer="It is 3.")])
+
+
+def test_strict_and_lenient_scores_come_from_one_generation():
+    calls = []
+
+    def fake(role, prompts):
+        calls.append((role, len(prompts)))
+        return {"planner": ["I will add", "Done.\nNext: conclusion"],
+                "caller": ['Action: add\nAction Input: {"a": 1, "b": 2}'], "summarizer": ["It is 3."]}[role]
+
+    replies = static_replies(fake, [_traj()], single_model=False)
+    assert calls == [("planner", 2), ("caller", 1), ("summarizer", 1)]  # the caller ran on the decision-less plan
+    strict, lenient = (score_replies(replies, [_traj()], False, p) for p in ("strict", "lenient"))
+    assert strict[0].pred_decision is None and strict[0].pred_call is None
+    assert lenient[0].pred_decision == "call" and lenient[0].pred_call.name == "add"
+    assert step_metrics(strict)["plan_accuracy"] == 0.5 and step_metrics(lenient)["plan_accuracy"] == 1.0
+    assert [(p.task, p.step) for p in lenient] == [(0, 0), (0, 1)]
+    single = [StepReplies(0, 0, 'Action: add\nAction Input: {"a": 1, "b": 2}'), StepReplies(0, 1, "It is 3.")]
+    assert [p.pred_decision for p in score_replies(single, [_traj()], True, "strict")] == [None, None]
+    assert [p.pred_decision for p in score_replies(single, [_traj()], True, "lenient")] == ["call", None]

@@ -1,12 +1,15 @@
 import json
+import re
 from typing import Literal
 
 import pytest
 
 from tuneforge.agent.env import (
-    GIVE_UP_TEMPLATES, HELD_OUT_TOOLS, OOD_TEMPLATES, TRAIN_TEMPLATES, WORLD_TOOLS, answers_match, generate_tasks,
-    read_tasks, trajectory_from_dict, trajectory_to_dict, world_registry, write_world,
+    DISTRACTORS, EXTRA_TOOLS, GIVE_UP_TEMPLATES, HELD_OUT_TOOLS, LONG_SHARE, NEAR_DUPLICATES, OOD_TEMPLATES,
+    TEMPLATES, TRAIN_TEMPLATES, TRAIN_TOOLS, WORLD_TOOLS, answers_match, generate_tasks, near_duplicates, read_tasks,
+    trajectory_from_dict, trajectory_to_dict, world_registry, write_world,
 )
+from tuneforge.agent.env.tables import ORDERS, UNKNOWN_ORDERS
 from tuneforge.agent.env.tasks import dumps_tasks, numbers_in
 from tuneforge.agent.tools import Tool, ToolRegistry, from_python, prepare_arguments, validate_arguments
 from tuneforge.agent.trajectory import ToolSpec
@@ -337,3 +340,134 @@ def test_answers_match(pred, gold, ok):
 
 def test_numbers_in():
     assert numbers_in("a 1,234.5 b -3 c 2e3 d .5 e x2") == [1234.5, -3.0, 2000.0, 0.5]
+
+
+# ---- the harder world: near-duplicate distractors, long chains, arguments from observations -------
+
+_STOP = {"the", "and", "for", "not", "its", "are", "give", "from", "with", "into", "returns", "number", "numbers",
+         "text", "value", "one"}
+
+
+def _stems(name, reg):
+    return {w[:5] for w in re.findall(r"[a-z]+", reg[name].description.lower()) if len(w) >= 3 and w not in _STOP}
+
+
+def _look_alike(a, b, reg) -> bool:
+    """Share a name token, or two description word stems, or the same parameter types."""
+    shape = lambda n: sorted(p["type"] for p in reg[n].parameters["properties"].values())  # noqa: E731
+    return (bool((set(a.split("_")) & set(b.split("_"))) - {"of"}) or len(_stems(a, reg) & _stems(b, reg)) >= 2
+            or shape(a) == shape(b))
+
+
+def test_near_duplicates_are_real_look_alike_tools_that_answer_differently():
+    reg = world_registry()
+    assert set(NEAR_DUPLICATES) == set(WORLD_TOOLS) and len(WORLD_TOOLS) >= 30
+    for tool, alikes in NEAR_DUPLICATES.items():
+        assert alikes and tool not in alikes
+        for d in alikes:
+            assert d in reg and _look_alike(tool, d, reg), (tool, d)
+    money = {"amount": 100, "from_currency": "EUR", "to_currency": "USD"}
+    assert reg.call("convert_currency", money).observation != reg.call("legacy_convert_currency", money).observation
+    assert "Deprecated" in reg["legacy_convert_currency"].description
+    day = {"date": "2024-01-05", "days": 1}  # a Friday
+    assert reg.call("add_days", day).observation == '"2024-01-06"'
+    assert reg.call("add_business_days", day).observation == '"2024-01-08"'
+    assert reg.call("business_days_between", {"start": "2024-01-05", "end": "2024-01-08"}).observation == "1"
+    assert reg.call("city_info_v1", {"city": "Paris"}).error == "tool_error"  # retired: a clear error
+    assert reg.call("country_population", {"country": "France"}).observation == "68000000"
+    assert reg.call("country_population", {"country": "Paris"}).error == "tool_error"
+    assert reg.call("reverse_words", {"text": "a bc"}).observation == '"bc a"'
+    assert reg.call("char_count", {"text": "a bc"}).observation == "4"
+    assert reg.call("product_by_sku", {"sku": "Nimbus Kettle"}).error == "tool_error"  # a SKU, not a name
+    order = json.loads(reg.call("order_info", {"order_id": sorted(ORDERS)[0]}).observation)
+    assert json.loads(reg.call("product_by_sku", {"sku": order["sku"]}).observation)["sku"] == order["sku"]
+    assert not set(UNKNOWN_ORDERS) & set(ORDERS)
+    assert all(reg.call("order_info", {"order_id": o}).error == "tool_error" for o in UNKNOWN_ORDERS)
+
+
+def test_tasks_offer_near_duplicate_distractors(splits):
+    reg = world_registry()
+    for split, tasks in splits.items():
+        pool = set(WORLD_TOOLS) if split == "test_ood" else set(TRAIN_TOOLS)
+        for t in tasks:
+            gold = TEMPLATES[t.meta["template"]].tools
+            offered = set(t.tool_names)
+            assert set(gold) <= offered and offered <= pool
+            assert len(offered) == len(gold) + DISTRACTORS + EXTRA_TOOLS
+            near = [n for n in near_duplicates(gold) if n in pool]
+            alike = offered & set(near)
+            assert len(alike) >= min(DISTRACTORS, len(near)), (t.meta["template"], t.tool_names)
+            assert all(any(_look_alike(g, d, reg) for g in gold) for d in alike)
+    # a distractor's look-alike is often one a model must also learn to call: many are gold elsewhere
+    gold_somewhere = {n for t in TRAIN_TEMPLATES for n in t.tools}
+    distractors = {d for t in splits["train"] for d in set(t.tool_names) - set(TEMPLATES[t.meta["template"]].tools)}
+    assert len(gold_somewhere & distractors) >= 15
+
+
+def _calls(t):
+    return [s for s in t.steps if s.decision == "call"]
+
+
+def test_chain_lengths(splits):
+    for split in ("train", "test_id"):
+        normal = [t for t in splits[split] if t.meta["gold_answer"] is not None]
+        lengths = [len(_calls(t)) for t in normal]
+        assert max(lengths) == 5 and {1, 2, 3, 4, 5} <= set(lengths)
+        long = sum(n >= 3 for n in lengths)
+        assert abs(long - LONG_SHARE * len(normal)) <= 1  # the promised share, to the task
+    assert sum(len(_calls(t)) >= 3 for t in splits["test_ood"]) >= len(splits["test_ood"]) // 2
+    for t in TEMPLATES.values():  # each template makes exactly the calls it declares
+        assert 1 <= t.calls <= 5
+    assert sum(t.calls >= 3 for t in TRAIN_TEMPLATES) >= 12 and sum(t.calls >= 4 for t in TRAIN_TEMPLATES) >= 6
+
+
+def _from_observation(t) -> bool:
+    """Some call argument is a value the instruction does not hold but an earlier observation does."""
+    calls = _calls(t)
+    for i, s in enumerate(calls):
+        for v in s.call.arguments.values():
+            shown = v if isinstance(v, str) else json.dumps(v)
+            if shown not in t.instruction and any(shown in c.observation for c in calls[:i]):
+                return True
+    return False
+
+
+def test_arguments_are_read_from_earlier_observations(splits):
+    by_template = {}
+    for t in splits["train"]:
+        by_template.setdefault(t.meta["template"], []).append(_from_observation(t))
+    reading = {name for name, flags in by_template.items() if all(flags)}
+    assert len(reading) >= 12, sorted(reading)
+    assert {"order_total_in_currency", "order_price_local", "order_delivery_weekday", "capital_population_share",
+            "order_shipping_weight"} <= reading
+    for t in splits["train"]:  # an order task's instruction names only the order: SKU, city, date are read
+        if t.meta["template"].startswith("order_"):
+            first = json.loads(_calls(t)[0].observation)
+            assert first["sku"] not in t.instruction and first["placed_on"] not in t.instruction
+
+
+def test_difficulty_knobs():
+    easy = generate_tasks(40, 2, "train", distractors=0, extra_tools=0, long_share=0.0)
+    for t in easy:
+        assert set(t.tool_names) == set(TEMPLATES[t.meta["template"]].tools)
+        assert t.meta["gold_answer"] is None or len(_calls(t)) <= 2
+    hard = generate_tasks(40, 2, "train", distractors=5, extra_tools=1, long_share=1.0)
+    assert all(len(_calls(t)) >= 3 for t in hard if t.meta["gold_answer"] is not None)
+    assert all(len(t.tool_names) == len(TEMPLATES[t.meta["template"]].tools) + 6 for t in hard)
+    assert dumps_tasks(hard) == dumps_tasks(generate_tasks(40, 2, "train", distractors=5, extra_tools=1,
+                                                           long_share=1.0))
+    for bad in ({"distractors": -1}, {"extra_tools": 1.5}, {"long_share": 2}, {"long_share": True}):
+        with pytest.raises(UserError):
+            generate_tasks(3, 0, "train", **bad)
+
+
+def test_write_world_takes_the_knobs(tmp_path):
+    paths = write_world(tmp_path / "w", n_train=30, n_test=8, seed=4, distractors=1, extra_tools=0, long_share=1.0)
+    again = write_world(tmp_path / "w2", n_train=30, n_test=8, seed=4, distractors=1, extra_tools=0, long_share=1.0)
+    for split, path in paths.items():
+        assert path.read_text() == again[split].read_text()
+        for t in read_tasks(path):
+            assert len(t.tool_names) == len(TEMPLATES[t.meta["template"]].tools) + 1
+    train = read_tasks(paths["train"])
+    assert not {t.instruction for t in train} & {t.instruction for t in read_tasks(paths["test_id"])}
+    assert not {n for t in train for n in t.tool_names} & set(HELD_OUT_TOOLS)

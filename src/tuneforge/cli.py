@@ -357,12 +357,17 @@ def data_calibration(out: Path = typer.Argument(...),
 
 @agent_app.command("world")
 def agent_world(out: Path = typer.Argument(...), n_train: int = typer.Option(2000, min=1),
-                n_test: int = typer.Option(200, min=1), seed: int = typer.Option(0)):
+                n_test: int = typer.Option(200, min=1), seed: int = typer.Option(0),
+                distractors: int = typer.Option(3, min=0, help="near-duplicate tools offered per task"),
+                extra_tools: int = typer.Option(2, min=0, help="other tools offered per task"),
+                long_share: float = typer.Option(0.6, min=0.0, max=1.0,
+                                                 help="share of tasks from the 3-5 call templates")):
     """Write the offline tool world's tasks: train, test_id, test_ood (+ the same in ToolBench format)."""
     from tuneforge.agent.env import read_tasks, write_world
     from tuneforge.agent.toolbench import write_toolbench
 
-    paths = write_world(out, n_train, n_test, seed)
+    paths = write_world(out, n_train, n_test, seed, distractors=distractors, extra_tools=extra_tools,
+                        long_share=long_share)
     for split, path in paths.items():
         exported = write_toolbench(read_tasks(path), Path(out) / f"{split}.toolbench.json")
         print(f"{split}: {path} (ToolBench format: {exported})")
@@ -395,16 +400,20 @@ def _is_toolbench(path: Path) -> bool:
 @agent_app.command("run")
 def agent_run(ctx: typer.Context, run: Path = typer.Argument(..., help="agent run directory"),
               instruction: str = typer.Argument(..., help="the task"),
-              single: bool = typer.Option(False, "--single", help="the single-model baseline plays every role"),
+              system: Optional[str] = typer.Option(None, "--system", help="'three roles' (default) or a baseline of "
+                                                   "the run: 'backbone', 'backbone trained on'"),
+              single: bool = typer.Option(False, "--single", help="the last single-model baseline plays every role"),
               max_steps: int = typer.Option(8, min=1),
               trace: Optional[Path] = typer.Option(None, help="trace file (default RUN/traces/run-N.jsonl)")):
     """Run one task with the tool world's tools: planner -> caller -> tool -> ... -> summarizer."""
     from tuneforge.agent.env import world_registry
-    from tuneforge.agent.models import RoleModels
+    from tuneforge.agent.models import THREE_ROLES, RoleModels, read_agent_layout, systems
     from tuneforge.agent.roles import TaskHeader
     from tuneforge.agent.runtime import AgentRuntime, write_traces
 
-    models = RoleModels(run, single_model=single, policy=_policy(ctx))
+    chosen = system or (systems(read_agent_layout(run))[-1] if single else THREE_ROLES)
+    models = RoleModels(run, chosen, policy=_policy(ctx))
+    single = models.single_model
     registry = world_registry()
     runtime = AgentRuntime(models, registry, single_model=single, max_steps=max_steps, tokenizer=models.tokenizer)
     episode = runtime.run([TaskHeader(instruction, registry.specs())])[0]
@@ -428,7 +437,8 @@ def agent_eval(ctx: typer.Context, run: Path = typer.Argument(..., help="agent r
                max_length: int = typer.Option(2048, min=64, help="prompt budget in tokens (oldest steps drop first)"),
                max_new_tokens: int = typer.Option(96, min=8, help="reply budget of each role")):
     """Step-wise metrics (plan accuracy, action EM, hallucination, argument F1, ROUGE-L) and, on tool-world
-    files, end-to-end success: single model vs three roles, as agent.md, agent_results.json and charts."""
+    files, end-to-end success: three roles vs each baseline, with 95% intervals over tasks, paired differences
+    and McNemar's test, as agent.md, agent_results.json and charts."""
     from tuneforge.agent.evaluate import evaluate_run
 
     evaluate_run(run, [str(t) for t in tests], max_tasks=max_tasks, max_steps=max_steps, max_length=max_length,

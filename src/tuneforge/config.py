@@ -135,6 +135,8 @@ class TrainConfig(Strict):
     dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout rates")
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and at the end)")
     early_stopping_patience: int | None = Field(None, ge=1)
+    keep_best: bool = Field(False, description="end with the weights of the best validation loss, not the last "
+                                               "(needs eval_every and validation data)")
     save_every: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
     keep_last: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
@@ -215,6 +217,8 @@ class StageTrain(Strict):
     lr: float | None = Field(None, gt=0)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     schedule: Literal["linear", "cosine", "constant"] | None = None
+    eval_every: int | None = Field(None, ge=1)
+    keep_best: bool | None = Field(None, description="end the stage with its best validation weights")
 
 
 class AgentConfig(Strict):
@@ -227,8 +231,9 @@ class AgentConfig(Strict):
     local_stage: StageTrain = Field(default_factory=StageTrain, description="stage 2: each role, unless overridden")
     role_stage: dict[Literal["planner", "caller", "summarizer"], StageTrain] = Field(
         default_factory=dict, description="stage 2 settings of one role, e.g. {caller: {max_steps: 40}}")
-    baseline: bool = Field(True, description="also train the single-model baseline: the backbone trained on the "
-                                             "same data for the same total number of steps")
+    baseline: bool = Field(True, description="also train the 'backbone trained on' baseline: the stage-1 backbone "
+                                             "trained further on whole trajectories for as many tokens as the "
+                                             "roles saw in stage 2 (the backbone itself is always a baseline)")
     bad_steps: Literal["skip", "reject"] = Field(
         "skip", description="trajectories with a step that has no decision, a call to an unlisted tool or "
                             "malformed JSON: skip them (counted and reported) or stop with the first one")
@@ -295,6 +300,13 @@ class Config(Strict):
     def _check(self) -> "Config":
         if self.train.early_stopping_patience and not self.train.eval_every:
             raise ValueError("train.early_stopping_patience needs train.eval_every")
+        if self.train.keep_best and not self.train.eval_every:
+            raise ValueError("train.keep_best needs train.eval_every (the best is chosen on validation loss)")
+        stages = {"agent.global_stage": self.agent.global_stage, "agent.local_stage": self.agent.local_stage,
+                  **{f"agent.role_stage.{r}": st for r, st in self.agent.role_stage.items()}}
+        for where, stage in stages.items():
+            if stage.keep_best and not (stage.eval_every or self.train.eval_every):
+                raise ValueError(f"{where}.keep_best needs eval_every (in the stage or in train)")
         # Which methods a recipe accepts is decided by the method registry and the recipe
         # (models/methods.py, recipes/*: check), before anything loads.
         return self

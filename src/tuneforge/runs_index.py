@@ -78,9 +78,10 @@ def _agent_metrics(run: RunDir) -> dict:
     out = {}
     if not isinstance(data, dict):
         return out
-    for test_file, systems in data.items():
-        if not isinstance(systems, dict):
+    for test_file, per_file in data.items():
+        if not isinstance(per_file, dict):
             continue
+        systems = per_file.get("systems", per_file)  # runs from before the intervals held systems directly
         stem = Path(test_file).stem
         for system, metrics in systems.items():
             if not isinstance(metrics, dict):

@@ -28,6 +28,30 @@ def read_agent_layout(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
+THREE_ROLES = "three roles"
+
+
+def systems(layout: dict) -> list[str]:
+    """The systems an agent run holds: the three roles, then each single-model baseline by name
+    (`backbone`: the stage-1 model; `backbone trained on`: it trained further on whole trajectories
+    for the tokens the roles saw in stage 2). Runs from before baselines were named hold `single`."""
+    return [THREE_ROLES, *_baselines(layout)]
+
+
+def _baselines(layout: dict) -> dict[str, str]:
+    baselines = dict(layout.get("baselines") or {})
+    if not baselines and layout.get("single"):
+        baselines["single model"] = layout["single"]
+    return baselines
+
+
+def baseline_path(layout: dict, name: str) -> str:
+    baselines = _baselines(layout)
+    if name not in baselines:
+        raise UserError(f"this agent run has no baseline '{name}'; it has: {', '.join(baselines) or 'none'}")
+    return baselines[name]
+
+
 def _messages(segments: list[Segment]) -> list[dict]:
     return [{"role": s.role, "content": s.text} for s in segments]
 
@@ -35,19 +59,19 @@ def _messages(segments: list[Segment]) -> list[dict]:
 class RoleModels:
     """generate(role, prompts) for the runtime and the static evaluation."""
 
-    def __init__(self, run: Path, single_model: bool = False, max_new_tokens: int = 96, batch_size: int = 8,
+    def __init__(self, run: Path, system: str = THREE_ROLES, max_new_tokens: int = 96, batch_size: int = 8,
                  policy: LoadPolicy = SAFE):
+        """`system`: "three roles", or the name of a single-model baseline of the run (see `systems`)."""
         layout = read_agent_layout(run)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.single_model = single_model
+        self.system = system
+        self.single_model = system != THREE_ROLES
         self._set = None
         self._models: dict[str, tuple] = {}
         run = Path(run)
-        if single_model:
-            if not layout.get("single"):
-                raise UserError(f"{run} has no single-model baseline (agent.baseline was off)")
-            model, tok = load_for_inference(run / layout["single"], policy=policy)
+        if self.single_model:
+            model, tok = load_for_inference(run / baseline_path(layout, system), policy=policy)
             if hasattr(model, "merge_and_unload"):  # one adapter, never switched: fold it in, generation is faster
                 model = model.merge_and_unload()
             self._models["backbone"] = (model, tok)

@@ -10,9 +10,9 @@ trained as three roles, each with loss only on its own output:
   ``Action Input: {json}``;
 - **summarizer** — writes the final answer once the planner concludes.
 
-Every role sees the same conversation; only the system prompt and the last turns differ:
+Every role sees the same conversation; only one line of the system prompt and the last turns differ:
 
-    system     role instructions (+ the tool list, except for the summarizer)
+    system     the shared skeleton (task format, tools) and the role's line (ROLE_LINES)
     user       the task instruction
     ...        per earlier step: its notes (user turns, e.g. a retry reminder), the step as the
                backbone writes it (assistant: thought, "Next: ...", then the action lines or the
@@ -115,47 +115,33 @@ _STEP_FORMAT = (
     "back as a message starting with 'Observation:'."
 )
 
-_PROMPTS = {
-    "backbone": (
-        "You complete the user's task by using the tools listed below, one step per reply. "
-        "In each reply, first reason briefly about what is known so far and what is still missing, "
-        "then write one decision line:\n"
-        "Next: caller - then a line 'Action: <tool name>' and a line 'Action Input: <JSON object "
-        "with the arguments>';\n"
-        "Next: conclusion - then the final answer for the user;\n"
-        "Next: give up - when the task cannot be done with these tools.\n"
-        + _STEP_FORMAT
-    ),
-    "planner": (
-        "You are the planner of a three-part agent (planner, caller, summarizer) that completes the "
-        "user's task with the tools listed below. Reason briefly about what is known so far and what "
-        "is still missing, then end with exactly one decision line: 'Next: caller' when a tool should "
-        "be called next (say which one and with which arguments), 'Next: conclusion' when the results "
-        "are enough to answer, or 'Next: give up' when the task cannot be done with these tools. "
-        "Do not write the tool call or the answer yourself.\n" + _STEP_FORMAT
-    ),
-    "caller": (
-        "You are the caller of a three-part agent (planner, caller, summarizer) that completes the "
-        "user's task with the tools listed below. The planner's last message says what to do next; "
-        "turn it into exactly one tool call, written as two lines and nothing else:\n"
-        "Action: <tool name from the list>\n"
-        "Action Input: <JSON object with the arguments>\n" + _STEP_FORMAT
-    ),
-    "summarizer": (
-        "You are the summarizer of a three-part agent (planner, caller, summarizer) that worked on "
-        "the user's task with tools. The planner has decided to conclude. Write the final answer "
-        "for the user: direct, complete, and based only on what the tool results showed; say "
-        "plainly what could not be found.\n" + _STEP_FORMAT
-    ),
+# One skeleton for the backbone and every role, as in the α-UMi reference: the same tools, history
+# format and instructions, and one line saying which part of the step this model writes. So stage 2
+# starts from prompts the stage-1 backbone already knows, and what it learned there carries over.
+_SKELETON = (
+    "You are an agent that completes the user's task by using the tools listed below, one step per reply. "
+    "A step is brief reasoning about what is known so far and what is still missing, then one decision line:\n"
+    "Next: caller - then a line 'Action: <tool name>' and a line 'Action Input: <JSON object with the "
+    "arguments>';\n"
+    "Next: conclusion - then the final answer for the user, based only on what the tool results showed;\n"
+    "Next: give up - when the task cannot be done with these tools.\n"
+    + _STEP_FORMAT
+)
+
+ROLE_LINES = {
+    "backbone": "You write the whole step: the reasoning, the decision line, then the tool call or the answer.",
+    "planner": "You write the reasoning and the decision line of this step only; a caller writes the tool call "
+               "and a summarizer the answer.",
+    "caller": "You write the tool call of this step only, for the reasoning and decision above: the line "
+              "'Action: ...' and the line 'Action Input: ...', nothing else.",
+    "summarizer": "You write the final answer of this step only, for the reasoning and decision above; say "
+                  "plainly what could not be found.",
 }
 
 
 def system_prompt(role: str, tools: list[ToolSpec]) -> str:
     _check_role(role)
-    text = _PROMPTS[role]
-    if role == "summarizer":
-        return text
-    return f"{text}\n\nTools:\n{render_tools(tools)}"
+    return f"{_SKELETON}\n{ROLE_LINES[role]}\n\nTools:\n{render_tools(tools)}"
 
 
 # ------------------------------------------------------------------------- outputs and targets
@@ -447,3 +433,27 @@ def parse_backbone(text: str) -> tuple[str, str | None, Call | None, str | None]
     if decision == "finish":
         return thought, decision, None, rest.strip() or None
     return thought, decision, None, None
+
+
+# Strict parsing: a reply without a "Next: ..." line has no decision. Lenient: as the α-UMi reference
+# pipeline reads replies (a planner reply without one goes to the caller). Both are reported side by
+# side, since strict parsing hits the less-trained system hardest.
+PARSINGS = ("strict", "lenient")
+
+
+def read_plan(reply: str, parsing: str) -> tuple[str, str | None]:
+    """(thought, decision) of a planner reply. Strict: decision None without a "Next: ..." line.
+    Lenient, as the α-UMi reference pipeline does: a reply with no decision line goes to the caller."""
+    thought, decision = parse_planner(reply)
+    if decision is None and parsing == "lenient":
+        decision = "call"
+    return thought, decision
+
+
+def read_backbone(reply: str, parsing: str) -> tuple[str, str | None, Call | None, str | None]:
+    """(thought, decision, call, answer) of a backbone reply. Strict: nothing without a decision line.
+    Lenient: a reply with no decision line but an "Action: NAME" line is read as that call."""
+    thought, decision, call, answer = parse_backbone(reply)
+    if decision is None and parsing == "lenient" and (call := parse_caller(reply)) is not None:
+        return thought, "call", call, None
+    return thought, decision, call, answer

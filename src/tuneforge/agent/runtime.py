@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tuneforge.agent.roles import (TaskHeader, context_segments, fit_to_length, parse_backbone, parse_caller,
-                                   parse_planner)
+from tuneforge.agent.roles import TaskHeader, context_segments, fit_to_length, parse_caller, read_backbone, read_plan
 from tuneforge.agent.tools import ToolRegistry
 from tuneforge.agent.trajectory import Call, Step
 from tuneforge.data.formats import Segment
@@ -53,7 +52,10 @@ def _record(ep: Episode, role: str, reply: str, **parsed) -> None:
 
 class AgentRuntime:
     def __init__(self, generate: Generate, registry: ToolRegistry, *, single_model: bool = False,
-                 max_steps: int = 8, tokenizer=None, max_length: int = 2048, max_observation_chars: int = 1500):
+                 max_steps: int = 8, tokenizer=None, max_length: int = 2048, max_observation_chars: int = 1500,
+                 parsing: str = "strict"):
+        """`parsing`: "strict", or "lenient" as the α-UMi reference reads replies (agent/roles.py)."""
+        self.parsing = parsing
         self.generate = generate
         self.registry = registry
         self.single_model = single_model
@@ -114,7 +116,7 @@ class AgentRuntime:
         return episodes
 
     def _turn_roles(self, live: list[Episode]) -> None:
-        plans = [parse_planner(r) + (r,) for r in self._ask("planner", live)]
+        plans = [read_plan(r, self.parsing) + (r,) for r in self._ask("planner", live)]
         callers, finishers = [], []
         for ep, (thought, decision, reply) in zip(live, plans):
             _record(ep, "planner", reply, thought=thought, decision=decision)
@@ -143,7 +145,7 @@ class AgentRuntime:
 
     def _turn_single(self, live: list[Episode]) -> None:
         for ep, reply in zip(live, self._ask("backbone", live)):
-            thought, decision, call, answer = parse_backbone(reply)
+            thought, decision, call, answer = read_backbone(reply, self.parsing)
             if decision == "call":
                 observation = self._execute(ep, call)
                 _record(ep, "backbone", reply, thought=thought, decision=decision, call=_call_dict(call),

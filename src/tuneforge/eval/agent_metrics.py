@@ -15,6 +15,11 @@ End-to-end metrics (:func:`episode_metrics`) summarise whole episodes the agent 
 :func:`comparison_table` and :func:`comparison_chart` put several systems (e.g. "single model"
 vs "three roles") side by side.
 
+Statistics (:func:`step_report`, :func:`episode_report`): every metric with a bootstrap interval
+over tasks (steps of one task are correlated; see :mod:`tuneforge.eval.statistics`), paired
+differences of one system minus the others on the same gold steps with McNemar's tests, and the
+failed steps counted against the role that caused them (:func:`step_error`).
+
 Every metric is in 0..1 (or a per-episode count); a metric whose denominator is empty is None,
 never 0, so "not measured" is not mistaken for "all wrong".
 """
@@ -24,12 +29,14 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from tuneforge.agent.trajectory import Call
 from tuneforge.eval.metrics import rouge_l
+from tuneforge.eval.statistics import bootstrap_ci, mcnemar, mean, paired_bootstrap_diff, ratio_of_sums
 
 
 @dataclass
@@ -41,6 +48,8 @@ class StepPrediction:
     tools: list[str]  # the task's tool names
     gold_answer: str | None = None  # on gold finish steps: the reference final answer
     pred_answer: str | None = None  # the predicted final answer on those steps
+    task: int | str | None = None  # which task the step belongs to: the bootstrap resamples tasks
+    step: int | None = None  # the step's index in its task, to pair two systems' predictions
 
 
 @dataclass
@@ -50,6 +59,7 @@ class EpisodeResult:
     hallucinated_calls: int
     parse_failures: int
     gave_up: bool
+    task: int | str | None = None
 
 
 # --------------------------------------------------------------------------- argument values
@@ -127,45 +137,61 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _call_steps(steps: Sequence[StepPrediction]) -> list[StepPrediction]:
-    out = []
-    for i, s in enumerate(steps):
-        if s.gold_decision == "call":
-            if s.gold_call is None:
-                raise ValueError(f"step {i}: gold decision is 'call' but it has no gold_call")
-            out.append(s)
-    return out
+STEP_METRICS = ("plan_accuracy", "action_em", "hallucination_rate", "argument_f1", "rouge_l")
+
+
+def step_score(metric: str, s: StepPrediction) -> float | None:
+    """One step's score on a step-wise metric; None when the step is not in that metric's denominator.
+
+    Every step-wise metric is the mean of these scores, so a metric over any set of tasks is
+    (sum of scores) / (number of scored steps): what the task-level bootstrap resamples.
+    """
+    if metric == "plan_accuracy":
+        return float(s.pred_decision == s.gold_decision)
+    if metric == "hallucination_rate":
+        return float(s.pred_call is not None and s.pred_call.name not in s.tools)
+    if metric in ("action_em", "argument_f1"):
+        if s.gold_decision != "call":
+            return None
+        if s.gold_call is None:
+            raise ValueError(f"task {s.task} step {s.step}: gold decision is 'call' but it has no gold_call")
+        if metric == "action_em":
+            return float(s.pred_call is not None and s.pred_call.name == s.gold_call.name)
+        return argument_f1(s.gold_call, s.pred_call)
+    if metric == "rouge_l":
+        if s.gold_decision != "finish" or s.gold_answer is None:
+            return None
+        return rouge_l(s.pred_answer or "", s.gold_answer)
+    raise ValueError(f"unknown step-wise metric {metric!r}; known: {', '.join(STEP_METRICS)}")
+
+
+def _scores(steps: Sequence[StepPrediction], metric: str) -> list[float]:
+    return [v for s in steps if (v := step_score(metric, s)) is not None]
 
 
 def plan_accuracy(steps: Sequence[StepPrediction]) -> float | None:
     """Share of steps whose predicted decision equals the gold decision (None for no steps)."""
-    return _mean(float(s.pred_decision == s.gold_decision) for s in steps)
+    return _mean(_scores(steps, "plan_accuracy"))
 
 
 def action_exact_match(steps: Sequence[StepPrediction]) -> float | None:
     """Over gold call steps: share where the agent called the gold tool (None if no call steps)."""
-    return _mean(
-        float(s.pred_call is not None and s.pred_call.name == s.gold_call.name) for s in _call_steps(steps)
-    )
+    return _mean(_scores(steps, "action_em"))
 
 
 def hallucination_rate(steps: Sequence[StepPrediction]) -> float | None:
     """Over all steps: share where the agent called a tool not among the task's tools."""
-    return _mean(float(s.pred_call is not None and s.pred_call.name not in s.tools) for s in steps)
+    return _mean(_scores(steps, "hallucination_rate"))
 
 
 def mean_argument_f1(steps: Sequence[StepPrediction]) -> float | None:
     """Mean :func:`argument_f1` over gold call steps (None if there are none)."""
-    return _mean(argument_f1(s.gold_call, s.pred_call) for s in _call_steps(steps))
+    return _mean(_scores(steps, "argument_f1"))
 
 
 def answer_rouge_l(steps: Sequence[StepPrediction]) -> float | None:
     """Mean ROUGE-L F over gold finish steps with a reference answer (None if there are none)."""
-    return _mean(
-        rouge_l(s.pred_answer or "", s.gold_answer)
-        for s in steps
-        if s.gold_decision == "finish" and s.gold_answer is not None
-    )
+    return _mean(_scores(steps, "rouge_l"))
 
 
 def _r(x: float | None) -> float | None:
@@ -177,7 +203,7 @@ def step_metrics(steps: Sequence[StepPrediction]) -> dict:
     steps = list(steps)
     return {
         "steps": len(steps),
-        "call_steps": len(_call_steps(steps)),
+        "call_steps": sum(s.gold_decision == "call" for s in steps),
         "finish_steps": sum(s.gold_decision == "finish" for s in steps),
         "plan_accuracy": _r(plan_accuracy(steps)),
         "action_em": _r(action_exact_match(steps)),
@@ -200,6 +226,210 @@ def episode_metrics(results: Sequence[EpisodeResult]) -> dict:
         "hallucinated_calls_per_episode": _r(_mean(float(r.hallucinated_calls) for r in results)),
         "parse_failures_per_episode": _r(_mean(float(r.parse_failures) for r in results)),
         "give_up_rate": _r(_mean(float(r.gave_up) for r in results)),
+    }
+
+
+# --------------------------------------------------------------------------- uncertainty
+# Intervals resample tasks, not steps (see tuneforge.eval.statistics): the steps of one task are
+# correlated. Paired comparisons score both systems on the same resampled tasks and gold steps.
+
+N_BOOT, SEED, LEVEL = 2000, 0, 0.95
+EPISODE_METRICS = {"success_rate": "success", "avg_steps": "steps",
+                   "hallucinated_calls_per_episode": "hallucinated_calls",
+                   "parse_failures_per_episode": "parse_failures", "give_up_rate": "gave_up"}
+MCNEMAR_STEP_METRICS = ("plan_accuracy", "action_em")  # right / wrong per step, so McNemar applies
+
+
+def _step_keys(steps: Sequence[StepPrediction]) -> list[tuple]:
+    """(task, step) per prediction; a missing task id is an error, never a silent step-level bootstrap."""
+    keys, seen = [], Counter()
+    for s in steps:
+        if s.task is None:
+            raise ValueError("step predictions need a task id (StepPrediction.task) for task-level statistics")
+        index = s.step if s.step is not None else seen[s.task]
+        seen[s.task] += 1
+        keys.append((s.task, index))
+    if len(set(keys)) != len(keys):
+        raise ValueError("two step predictions share a (task, step)")
+    return keys
+
+
+def per_task(steps: Sequence[StepPrediction], metric: str) -> dict:
+    """task -> (sum of the metric's step scores, number of scored steps), in order of first appearance;
+    tasks with no scored step are left out (they are not in the metric's population)."""
+    out: dict = {}
+    for (task, _), s in zip(_step_keys(steps), steps):
+        v = step_score(metric, s)
+        if v is not None:
+            num, den = out.get(task, (0.0, 0))
+            out[task] = (num + v, den + 1)
+    return out
+
+
+def _ci(point, lo, hi, **n) -> dict:
+    return {"point": _r(point), "lo": _r(lo), "hi": _r(hi), **n}
+
+
+def step_intervals(steps: Sequence[StepPrediction], n_boot: int = N_BOOT, seed: int = SEED,
+                   level: float = LEVEL) -> dict:
+    """metric -> {point, lo, hi, tasks, steps}: each step-wise metric with its bootstrap interval over
+    tasks (ratio of sums on every resample, so the point is the usual step-level metric)."""
+    out = {}
+    for metric in STEP_METRICS:
+        pairs = list(per_task(steps, metric).values())
+        out[metric] = _ci(*bootstrap_ci(pairs, ratio_of_sums, n_boot, seed, level),
+                          tasks=len(pairs), steps=int(sum(d for _, d in pairs)))
+    return out
+
+
+def _aligned(a: Sequence[StepPrediction], b: Sequence[StepPrediction]) -> list[tuple]:
+    """(key, a's prediction, b's prediction) for the same gold steps, in a's order."""
+    b_of = dict(zip(_step_keys(b), b))
+    keys = _step_keys(a)
+    if set(keys) != set(b_of):
+        raise ValueError("paired comparison needs both systems' predictions on the same gold steps")
+    out = []
+    for k, s in zip(keys, a):
+        if s.gold_decision != b_of[k].gold_decision:
+            raise ValueError(f"task {k[0]} step {k[1]}: the two systems were scored on different gold steps")
+        out.append((k, s, b_of[k]))
+    return out
+
+
+def paired_step_differences(a: Sequence[StepPrediction], b: Sequence[StepPrediction], n_boot: int = N_BOOT,
+                            seed: int = SEED, level: float = LEVEL) -> dict:
+    """metric -> {diff, lo, hi, tasks, steps}: a minus b on the same gold steps, interval over tasks."""
+    rows = _aligned(a, b)
+    out = {}
+    for metric in STEP_METRICS:
+        sums: dict = {}
+        for (task, _), sa, sb in rows:
+            va, vb = step_score(metric, sa), step_score(metric, sb)
+            if va is not None:  # same gold step, so scored for both or for neither
+                na, nb, den = sums.get(task, (0.0, 0.0, 0))
+                sums[task] = (na + va, nb + vb, den + 1)
+        pa = [(na, d) for na, _, d in sums.values()]
+        pb = [(nb, d) for _, nb, d in sums.values()]
+        diff, lo, hi = paired_bootstrap_diff(pa, pb, ratio_of_sums, n_boot, seed, level)
+        out[metric] = {"diff": _r(diff), "lo": _r(lo), "hi": _r(hi), "tasks": len(pa),
+                       "steps": int(sum(d for _, d in pa))}
+    return out
+
+
+def step_mcnemar(a: Sequence[StepPrediction], b: Sequence[StepPrediction]) -> dict:
+    """metric -> McNemar's test (see :func:`tuneforge.eval.statistics.mcnemar`) for plan accuracy and
+    action EM, paired over the same gold steps (``b10``: steps a got right and b wrong)."""
+    rows = _aligned(a, b)
+    out = {}
+    for metric in MCNEMAR_STEP_METRICS:
+        pairs = [(step_score(metric, sa), step_score(metric, sb)) for _, sa, sb in rows]
+        pairs = [(va == 1.0, vb == 1.0) for va, vb in pairs if va is not None]
+        out[metric] = mcnemar([x for x, _ in pairs], [y for _, y in pairs])
+    return out
+
+
+def _episode_values(results: Sequence[EpisodeResult], metric: str) -> list[float]:
+    return [float(getattr(r, EPISODE_METRICS[metric])) for r in results]
+
+
+def _aligned_episodes(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult]) -> tuple[list, list]:
+    if len(a) != len(b) or [r.task for r in a] != [r.task for r in b]:
+        raise ValueError("paired comparison needs both systems' episodes on the same tasks, in the same order")
+    return list(a), list(b)
+
+
+def episode_intervals(results: Sequence[EpisodeResult], n_boot: int = N_BOOT, seed: int = SEED,
+                      level: float = LEVEL) -> dict:
+    """metric -> {point, lo, hi, tasks}: per-episode means with bootstrap intervals (one episode per task)."""
+    return {m: _ci(*bootstrap_ci(_episode_values(results, m), mean, n_boot, seed, level), tasks=len(results))
+            for m in EPISODE_METRICS}
+
+
+def paired_episode_differences(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult], n_boot: int = N_BOOT,
+                               seed: int = SEED, level: float = LEVEL) -> dict:
+    a, b = _aligned_episodes(a, b)
+    out = {}
+    for m in EPISODE_METRICS:
+        diff, lo, hi = paired_bootstrap_diff(_episode_values(a, m), _episode_values(b, m), mean, n_boot, seed, level)
+        out[m] = {"diff": _r(diff), "lo": _r(lo), "hi": _r(hi), "tasks": len(a)}
+    return out
+
+
+def episode_mcnemar(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult]) -> dict:
+    a, b = _aligned_episodes(a, b)
+    return {"success_rate": mcnemar([r.success for r in a], [r.success for r in b])}
+
+
+# --------------------------------------------------------------------------- which role failed
+
+# ROUGE-L F at or above which a step's final answer counts as right when attributing errors; the
+# step-wise ROUGE-L metric itself is not thresholded.
+ANSWER_OK = 0.5
+ROLE_ERRORS = {  # the error kinds each role can cause, in table order
+    "planner": ("no decision", "wrong decision"),
+    "caller": ("wrong tool", "wrong args"),
+    "summarizer": ("wrong answer",),
+    "backbone": ("no decision", "wrong decision", "wrong tool", "wrong args", "wrong answer"),
+}
+
+
+def step_error(s: StepPrediction, single_model: bool) -> tuple[str, str] | None:
+    """(role, kind) of the first thing that went wrong at this step, or None for a right step.
+
+    The decision is checked first (the planner's; "no decision" when nothing readable was written),
+    then on call steps the tool and then the arguments (the caller's: it wrote them given the
+    planner's thought), then on finish steps with a reference the answer, poor below ``ANSWER_OK``
+    ROUGE-L (the summarizer's). A single model plays every role, so its errors are the backbone's.
+    """
+    plan, call, summary = ("backbone",) * 3 if single_model else ("planner", "caller", "summarizer")
+    if s.pred_decision != s.gold_decision:
+        return plan, "no decision" if s.pred_decision is None else "wrong decision"
+    if step_score("action_em", s) == 0.0:
+        return call, "wrong tool"
+    if s.gold_decision == "call" and argument_f1(s.gold_call, s.pred_call) < 1.0:
+        return call, "wrong args"
+    answer = step_score("rouge_l", s)
+    if answer is not None and answer < ANSWER_OK:
+        return summary, "wrong answer"
+    return None
+
+
+def error_breakdown(steps: Sequence[StepPrediction], single_model: bool) -> dict:
+    """{"steps", "failed", "by_role": {role: {kind: count}}}: every failed step counted once, against
+    the role that caused it (:func:`step_error`); every kind a role can cause is listed, zeros too."""
+    roles = ("backbone",) if single_model else ("planner", "caller", "summarizer")
+    by_role = {r: dict.fromkeys(ROLE_ERRORS[r], 0) for r in roles}
+    failed = 0
+    for s in steps:
+        if (err := step_error(s, single_model)) is not None:
+            by_role[err[0]][err[1]] += 1
+            failed += 1
+    return {"steps": len(steps), "failed": failed, "by_role": by_role}
+
+
+def step_report(preds: dict[str, Sequence[StepPrediction]], single_model: dict[str, bool], reference: str,
+                n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL) -> dict:
+    """Step-wise statistics of several systems on the same gold steps: intervals per system, paired
+    differences and McNemar's tests of ``reference`` minus each other system (when ``reference`` is
+    among them), and each system's errors by role."""
+    others = [s for s in preds if s != reference] if reference in preds else []
+    return {
+        "metrics": {s: step_intervals(p, n_boot, seed, level) for s, p in preds.items()},
+        "paired": {s: paired_step_differences(preds[reference], preds[s], n_boot, seed, level) for s in others},
+        "mcnemar": {s: step_mcnemar(preds[reference], preds[s]) for s in others},
+        "errors": {s: error_breakdown(p, single_model[s]) for s, p in preds.items()},
+    }
+
+
+def episode_report(results: dict[str, Sequence[EpisodeResult]], reference: str, n_boot: int = N_BOOT,
+                   seed: int = SEED, level: float = LEVEL) -> dict:
+    """End-to-end statistics: intervals per system, paired differences and McNemar on success."""
+    others = [s for s in results if s != reference] if reference in results else []
+    return {
+        "metrics": {s: episode_intervals(r, n_boot, seed, level) for s, r in results.items()},
+        "paired": {s: paired_episode_differences(results[reference], results[s], n_boot, seed, level)
+                   for s in others},
+        "mcnemar": {s: episode_mcnemar(results[reference], results[s]) for s in others},
     }
 
 
@@ -287,20 +517,116 @@ def comparison_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fmt_interval(key: str, ci: dict | None, value: str = "point", signed: bool = False) -> str:
+    """ "77.3 [60.0, 90.1]": rates in % (differences of rates in percentage points), "n/a" when undefined."""
+    if not ci or ci.get(value) is None:
+        return "n/a"
+    scale, spec = (100.0, ".1f") if key in RATE_METRICS else (1.0, ".2f")
+    sign = "+" if signed else ""
+    point = format(scale * ci[value], sign + spec)
+    if ci.get("lo") is None or ci.get("hi") is None:
+        return point
+    return f"{point} [{format(scale * ci['lo'], spec)}, {format(scale * ci['hi'], spec)}]"
+
+
+def _fmt_n(ci: dict | None) -> str:
+    if not ci:
+        return "n/a"
+    return f"{ci['tasks']} / {ci['steps']}" if "steps" in ci else str(ci.get("tasks", "n/a"))
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _first(by_system: dict[str, dict], key: str) -> dict | None:
+    return next((m[key] for m in by_system.values() if m.get(key)), None)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def interval_table(metrics: dict[str, dict[str, dict]]) -> str:
+    """Markdown: one row per metric, "point [lo, hi]" per system and n as "tasks / steps" (the same
+    gold steps for every system). ``metrics``: system -> metric -> {point, lo, hi, tasks[, steps]}."""
+    if not metrics:
+        raise ValueError("interval_table needs at least one system")
+    systems = list(metrics)
+    rows = [[metric_label(k), _fmt_n(_first(metrics, k)), *(_fmt_interval(k, metrics[s].get(k)) for s in systems)]
+            for k in _metric_keys(metrics)]
+    return _table(["metric", "n (tasks / steps)", *systems], rows)
+
+
+def difference_table(paired: dict[str, dict[str, dict]], tests: dict[str, dict[str, dict]], reference: str) -> str:
+    """Markdown: ``reference`` minus each other system, "diff [lo, hi]" (rates in percentage points),
+    with McNemar's p-value where the metric is right/wrong per item ("—" elsewhere)."""
+    if not paired:
+        raise ValueError("difference_table needs at least one paired comparison")
+    others = list(paired)
+    header = ["metric", "n (tasks / steps)"]
+    for b in others:
+        header += [f"{reference} − {b}", "McNemar p"]
+    rows = []
+    for k in _metric_keys(paired):
+        row = [metric_label(k), _fmt_n(_first(paired, k))]
+        for b in others:
+            test = tests.get(b, {}).get(k)
+            row += [_fmt_interval(k, paired[b].get(k), "diff", signed=True), _fmt_p(test and test["p_value"])]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def parsing_table(by_parsing: dict[str, dict[str, dict[str, dict]]]) -> str:
+    """Markdown: every system under every parsing side by side. ``by_parsing``: parsing -> system ->
+    metric -> interval."""
+    systems = list(dict.fromkeys(s for by_system in by_parsing.values() for s in by_system))
+    # one system's parsings side by side: the difference parsing makes is what this table shows
+    columns = [(p, s) for s in systems for p in by_parsing if s in by_parsing[p]]
+    if not columns:
+        raise ValueError("parsing_table needs at least one system")
+    merged = {f"{s} ({p})": by_parsing[p][s] for p, s in columns}
+    rows = [[metric_label(k), *(_fmt_interval(k, m.get(k)) for m in merged.values())]
+            for k in _metric_keys(merged)]
+    return _table(["metric", *merged], rows)
+
+
+def error_table(errors: dict[str, dict]) -> str:
+    """Markdown: failed steps by the role that caused them, one column per breakdown (from
+    :func:`error_breakdown`); a role a system does not have is "—"."""
+    if not errors:
+        raise ValueError("error_table needs at least one breakdown")
+    cols = list(errors)
+    kinds = []
+    for e in errors.values():
+        kinds += [(r, k) for r, ks in e["by_role"].items() for k in ks if (r, k) not in kinds]
+    rows = [["steps", *(str(errors[c]["steps"]) for c in cols)],
+            ["failed steps", *(str(errors[c]["failed"]) for c in cols)]]
+    rows += [[f"{r}: {k}", *(str(errors[c]["by_role"].get(r, {}).get(k, "—")) for c in cols)] for r, k in kinds]
+    return _table(["", *cols], rows)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def comparison_chart(rows: dict[str, dict], path: str | os.PathLike, title: str) -> Path:
+def comparison_chart(rows: dict[str, dict], path: str | os.PathLike, title: str,
+                     intervals: dict[str, dict[str, dict]] | None = None) -> Path:
     """Grouped bar chart (one group per metric, one bar per system) written atomically as PNG.
 
     Rates go in one panel in %, other non-count metrics (avg steps, per-episode counts) in a second
     panel when present; bookkeeping counts (steps, episodes) are left out. A missing / None value
     leaves a gap marked "n/a". Parent directories are created; the file is written to a temp file
-    beside it, then moved into place with ``os.replace``.
+    beside it, then moved into place with ``os.replace``. ``intervals`` (system -> metric -> {lo,
+    hi}) draws error bars where given.
     """
     if not rows:
         raise ValueError("comparison_chart needs at least one system")
+    intervals = intervals or {}
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers
@@ -329,13 +655,23 @@ def comparison_chart(rows: dict[str, dict], path: str | os.PathLike, title: str)
     for ax, (ks, pct) in zip(axes[0], panels):
         scale = 100.0 if pct else 1.0
         top = max(
-            [scale * rows[s][k] for s in systems for k in ks if _is_number(rows[s].get(k))] or [1.0]
+            [scale * rows[s][k] for s in systems for k in ks if _is_number(rows[s].get(k))]
+            + [scale * b["hi"] for s in systems for k in ks
+               if _is_number((b := intervals.get(s, {}).get(k) or {}).get("hi"))]  # error bars fit too
+            or [1.0]
         )
         for j, system in enumerate(systems):
             xs = [i - 0.4 + bar_w * (j + 0.5) for i in range(len(ks))]
             vals = [rows[system].get(k) for k in ks]
             heights = [scale * v if _is_number(v) else 0.0 for v in vals]
             bars = ax.bar(xs, heights, bar_w, label=system)
+            bounds = [intervals.get(system, {}).get(k) or {} for k in ks]
+            err = [(h, b.get("lo"), b.get("hi")) for h, b in zip(heights, bounds)]
+            if any(lo is not None and hi is not None for _, lo, hi in err):
+                # bars without an interval get a zero-length error bar
+                yerr = [[max(0.0, h - scale * lo) if lo is not None and hi is not None else 0.0 for h, lo, hi in err],
+                        [max(0.0, scale * hi - h) if lo is not None and hi is not None else 0.0 for h, lo, hi in err]]
+                ax.errorbar(xs, heights, yerr=yerr, fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
             for x, v, h, bar in zip(xs, vals, heights, bars):
                 text = "n/a" if not _is_number(v) else (f"{h:.1f}" if pct else f"{h:.2f}")
                 ax.text(x, h + 0.01 * (100.0 if pct else top), text, ha="center", va="bottom", fontsize=7)

@@ -34,6 +34,7 @@ from tuneforge.models.merge import merge_run
 from tuneforge.models.methods import METHODS
 from tuneforge.run_dir import GLOBAL, ROLES, SINGLE, RunDir
 from tuneforge.recipes.base import RecipeBase
+from tuneforge.train.loop import LoopResult
 from tuneforge.train.session import Session
 
 
@@ -60,8 +61,8 @@ def _split(trajectories: list[Trajectory], cfg: Config) -> tuple[list[Trajectory
 
 
 def _train_stage(run: Session, name: str, model_path: str, role: str, train_t, val_t, stage: StageTrain
-                 ) -> tuple[Path, int]:
-    """Fine-tune model_path on one role's examples; returns the artifact folder and the steps taken."""
+                 ) -> tuple[Path, LoopResult]:
+    """Fine-tune model_path on one role's examples; returns the artifact folder and what the loop did."""
     cfg = run.cfg
     s = run.stage(stage_config(cfg, stage), name)
     s.load_model(model_path)
@@ -81,7 +82,7 @@ def _train_stage(run: Session, name: str, model_path: str, role: str, train_t, v
     result = s.fit(train.encoded, val.encoded)
     artifact = s.save_artifact()
     s.release()
-    return artifact, result.steps
+    return artifact, result
 
 
 class Agent(RecipeBase):
@@ -118,31 +119,31 @@ def run_agent(session: Session) -> Path:
     adapters = method.adapter
 
     # Stage 1: global fine-tuning of the backbone on whole trajectories.
-    g_artifact, g_steps = _train_stage(session, GLOBAL, base, "backbone", train_t, val_t, cfg.agent.global_stage)
-    if adapters:
-        shared = merge_run(g_artifact, RunDir(run).merged, policy=session.policy)
-    else:
-        shared = g_artifact
-    say(f"stage 1 done: {g_steps} steps; the roles start from {shared}")
+    g_artifact, g = _train_stage(session, GLOBAL, base, "backbone", train_t, val_t, cfg.agent.global_stage)
+    shared = merge_run(g_artifact, RunDir(run).merged, policy=session.policy) if adapters else g_artifact
+    say(f"stage 1 done: {g.steps} steps, {g.tokens:,} tokens; the roles start from {shared}")
 
     # Stage 2: local fine-tuning, one role at a time, each from the stage-1 model.
-    roles, local_steps = {}, 0
+    roles, local_steps, local_tokens = {}, 0, 0
     for role in cfg.agent.roles:
         stage = cfg.agent.role_stage.get(role) or cfg.agent.local_stage
-        artifact, steps = _train_stage(session, f"{ROLES}/{role}", str(shared), role, train_t, val_t, stage)
+        artifact, r = _train_stage(session, f"{ROLES}/{role}", str(shared), role, train_t, val_t, stage)
         roles[role] = str(artifact.relative_to(run))
-        local_steps += steps
+        local_steps, local_tokens = local_steps + r.steps, local_tokens + r.tokens
 
+    # The paper compares with the backbone itself; "trained on" also gets stage 2's token budget, on
+    # whole trajectories, so that "more training" and "decomposition" can be told apart.
     layout = {"method": cfg.method.name, "adapters": adapters, "base": str(Path(shared).relative_to(run)),
-              "roles": roles, "single": None, "steps": {"global": g_steps, "local": local_steps},
+              "roles": roles, "baselines": {"backbone": str(g_artifact.relative_to(run))},
+              "steps": {"global": g.steps, "local": local_steps},
+              "tokens": {"global": g.tokens, "local": local_tokens},
               "test": list(cfg.agent.test or [])}  # RunDir.status: a run with tests is done once evaluated
     if cfg.agent.baseline:
-        # Same data, same total optimizer steps as both stages together, from the same base.
-        total = g_steps + local_steps
-        single_stage = cfg.agent.global_stage.model_copy(update={"max_steps": total, "epochs": None})
-        artifact, steps = _train_stage(session, SINGLE, base, "backbone", train_t, val_t, single_stage)
-        layout["single"] = str(artifact.relative_to(run))
-        layout["steps"]["single"] = steps
+        steps = max(1, round(local_tokens / max(g.tokens / max(g.steps, 1), 1)))  # stage 1's tokens per step
+        more = (cfg.agent.local_stage or StageTrain()).model_copy(update={"max_steps": steps, "epochs": None})
+        artifact, b = _train_stage(session, SINGLE, str(shared), "backbone", train_t, val_t, more)
+        layout["baselines"]["backbone trained on"] = str(artifact.relative_to(run))
+        layout["steps"]["trained on"], layout["tokens"]["trained on"] = b.steps, b.tokens
     write_json(run / AGENT_FILE, layout)
     say(f"trained in {time.time() - session.started:.0f} s")
 

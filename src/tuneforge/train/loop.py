@@ -41,6 +41,7 @@ class LoopResult:
     stopped_early: bool
     seconds: float = 0.0  # wall time of the optimizer steps run in this process (no eval, no checkpoints)
     tokens: int = 0  # non-padding tokens of those steps
+    best_step: int | None = None  # the step whose weights the model ends with, when keep_best restored them
 
 
 def _param_groups(params, weight_decay: float):
@@ -61,7 +62,8 @@ def make_optimizer(params, cfg: TrainConfig, device: torch.device):
 
 
 def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    warmup = int(cfg.warmup_ratio * total_steps)
+    # A warmup asked for is never rounded away: a short stage (a few steps) still starts gently.
+    warmup = max(1, int(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 and total_steps > 1 else 0
     if cfg.schedule == "cosine" and cfg.min_lr_ratio > 0:
         return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup,
                              num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
@@ -257,8 +259,9 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             best = progress["best_val_loss"]
             if best is None or vloss < best:
                 progress["best_val_loss"], progress["bad_evals"] = vloss, 0
-                if cfg.early_stopping_patience:
+                if cfg.early_stopping_patience or cfg.keep_best:
                     best_state = {n: full(p.detach()).clone() for n, p in trainable.items()}
+                    progress["best_step"] = step
             else:
                 progress["bad_evals"] += 1
                 if cfg.early_stopping_patience and progress["bad_evals"] >= cfg.early_stopping_patience:
@@ -270,14 +273,18 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         if stopped_early:
             break
     bar.close()
-    if stopped_early and best_state is not None:
+    if (stopped_early or cfg.keep_best) and best_state is not None:
+        # Only a best seen in this process can be restored: after --resume, one from before the
+        # interruption is known by its loss (progress.json) but its weights are not kept.
+        if cfg.keep_best and not stopped_early and progress.get("best_step") != progress["step"]:
+            note(f"keeping the best validation weights, from step {progress['best_step']}")
         for n, v in best_state.items():
             copy_full_into(trainable[n], v)
     if strategy == "fsdp":
         unshard_into(model, params)  # the recipe's model, whole on every rank, for its evaluation and artifact
     tail = recent_losses[-max(1, len(recent_losses) // 10):] if recent_losses else [float("nan")]
     return LoopResult(progress["step"], sum(tail) / len(tail), progress["best_val_loss"], stopped_early,
-                      train_seconds, train_tokens)
+                      train_seconds, train_tokens, progress.get("best_step") if best_state is not None else None)
 
 
 def _nonfinite_error(what: str, progress: dict, cfg: TrainConfig, last: Path | None) -> str:

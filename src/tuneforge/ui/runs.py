@@ -134,7 +134,9 @@ def run(name: str, ui: UIState = Depends(ui_state)):
         "config_yaml": run.config.read_text(encoding="utf-8", errors="replace"),
         "report": report, "best_val": best_val(run, report), "wall_time_s": wall_time(run, report),
         "calibration": cal if isinstance(cal, dict) else None,
-        "agent": {Path(k).stem: v for k, v in agent.items()} if isinstance(agent, dict) else None,
+        # Point estimates per system (the intervals are in agent.md); older runs held systems directly.
+        "agent": {Path(k).stem: (v.get("systems", v) if isinstance(v, dict) else v) for k, v in agent.items()}
+        if isinstance(agent, dict) else None,
         "plots": sorted(p.name for p in run.plots.glob("*.png")),
         "traces": sorted(p.name for p in run.traces.glob("*.jsonl")),
         "launch": ui.launcher.info(name), "chat": run.has_artifact(), "confidence": has_confidence(run),

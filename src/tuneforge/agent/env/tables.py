@@ -1,4 +1,4 @@
-"""The fixed facts of the offline tool world, as plain Python literals.
+"""The fixed facts of the offline tool world, as plain Python literals (orders: from a fixed rule).
 
 Countries and cities carry rounded public-knowledge figures (populations are approximate city- or
 country-proper counts, offsets are standard time without daylight saving); products are invented.
@@ -7,6 +7,9 @@ with itself: every gold answer is computed from these tables through the tools.
 """
 
 from __future__ import annotations
+
+import random
+from datetime import date, timedelta
 
 COUNTRIES: dict[str, dict] = {
     "France": {"capital": "Paris", "currency": "EUR", "continent": "Europe", "population": 68_000_000,
@@ -85,37 +88,37 @@ CITIES: dict[str, dict] = {
 
 # Invented products; prices are in the product's own currency.
 PRODUCTS: dict[str, dict] = {
-    "Nimbus Kettle": {"price": 39.9, "currency": "EUR", "category": "kitchen", "weight_kg": 1.2,
+    "Nimbus Kettle": {"sku": "NK-433", "price": 39.9, "currency": "EUR", "category": "kitchen", "weight_kg": 1.2,
                       "made_in": "Germany"},
-    "Atlas Backpack": {"price": 74.5, "currency": "USD", "category": "outdoor", "weight_kg": 1.1,
+    "Atlas Backpack": {"sku": "AB-137", "price": 74.5, "currency": "USD", "category": "outdoor", "weight_kg": 1.1,
                        "made_in": "United States"},
-    "Sakura Teapot": {"price": 4800, "currency": "JPY", "category": "kitchen", "weight_kg": 0.6,
+    "Sakura Teapot": {"sku": "ST-544", "price": 4800, "currency": "JPY", "category": "kitchen", "weight_kg": 0.6,
                       "made_in": "Japan"},
-    "Highland Wool Scarf": {"price": 35, "currency": "GBP", "category": "clothing", "weight_kg": 0.25,
+    "Highland Wool Scarf": {"sku": "HW-285", "price": 35, "currency": "GBP", "category": "clothing", "weight_kg": 0.25,
                             "made_in": "United Kingdom"},
-    "Alpine Chronometer": {"price": 1250, "currency": "CHF", "category": "accessories", "weight_kg": 0.15,
-                           "made_in": "Switzerland"},
-    "Maple Snowshoe": {"price": 189, "currency": "CAD", "category": "outdoor", "weight_kg": 2.3,
+    "Alpine Chronometer": {"sku": "AC-100", "price": 1250, "currency": "CHF", "category": "accessories",
+                           "weight_kg": 0.15, "made_in": "Switzerland"},
+    "Maple Snowshoe": {"sku": "MS-359", "price": 189, "currency": "CAD", "category": "outdoor", "weight_kg": 2.3,
                         "made_in": "Canada"},
-    "Coral Snorkel Set": {"price": 89, "currency": "AUD", "category": "outdoor", "weight_kg": 0.9,
+    "Coral Snorkel Set": {"sku": "CS-174", "price": 89, "currency": "AUD", "category": "outdoor", "weight_kg": 0.9,
                           "made_in": "Australia"},
-    "Monsoon Umbrella": {"price": 1499, "currency": "INR", "category": "accessories", "weight_kg": 0.5,
+    "Monsoon Umbrella": {"sku": "MU-396", "price": 1499, "currency": "INR", "category": "accessories", "weight_kg": 0.5,
                          "made_in": "India"},
-    "Jade Desk Lamp": {"price": 329, "currency": "CNY", "category": "home", "weight_kg": 1.8,
+    "Jade Desk Lamp": {"sku": "JD-322", "price": 329, "currency": "CNY", "category": "home", "weight_kg": 1.8,
                        "made_in": "China"},
-    "Samba Hammock": {"price": 260, "currency": "BRL", "category": "home", "weight_kg": 3.2,
+    "Samba Hammock": {"sku": "SH-581", "price": 260, "currency": "BRL", "category": "home", "weight_kg": 3.2,
                       "made_in": "Brazil"},
-    "Tortilla Press": {"price": 650, "currency": "MXN", "category": "kitchen", "weight_kg": 2.7,
+    "Tortilla Press": {"sku": "TP-655", "price": 650, "currency": "MXN", "category": "kitchen", "weight_kg": 2.7,
                        "made_in": "Mexico"},
-    "Espresso Pro 3": {"price": 249, "currency": "EUR", "category": "kitchen", "weight_kg": 4.5,
+    "Espresso Pro 3": {"sku": "EP-211", "price": 249, "currency": "EUR", "category": "kitchen", "weight_kg": 4.5,
                        "made_in": "Italy"},
-    "Flamenco Guitar": {"price": 420, "currency": "EUR", "category": "music", "weight_kg": 2.1,
+    "Flamenco Guitar": {"sku": "FG-248", "price": 420, "currency": "EUR", "category": "music", "weight_kg": 2.1,
                         "made_in": "Spain"},
-    "Papyrus Notebook": {"price": 180, "currency": "EGP", "category": "office", "weight_kg": 0.3,
+    "Papyrus Notebook": {"sku": "PN-507", "price": 180, "currency": "EGP", "category": "office", "weight_kg": 0.3,
                          "made_in": "Egypt"},
-    "Savanna Binoculars": {"price": 2100, "currency": "ZAR", "category": "outdoor", "weight_kg": 0.7,
+    "Savanna Binoculars": {"sku": "SB-618", "price": 2100, "currency": "ZAR", "category": "outdoor", "weight_kg": 0.7,
                            "made_in": "South Africa"},
-    "Orbit Headset": {"price": 129, "currency": "USD", "category": "electronics", "weight_kg": 0.28,
+    "Orbit Headset": {"sku": "OH-470", "price": 129, "currency": "USD", "category": "electronics", "weight_kg": 0.28,
                          "made_in": "United States"},
 }
 
@@ -123,6 +126,13 @@ PRODUCTS: dict[str, dict] = {
 USD_RATES: dict[str, float] = {
     "USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 150.0, "CHF": 0.88, "CAD": 1.36, "AUD": 1.52,
     "INR": 83.0, "CNY": 7.2, "BRL": 5.0, "MXN": 17.0, "EGP": 48.0, "ZAR": 18.5,
+}
+
+# The "2015" rates only the deprecated legacy_convert_currency uses: a near-duplicate that gives a
+# real but different answer, so picking it over convert_currency is a visible mistake.
+LEGACY_USD_RATES: dict[str, float] = {
+    "USD": 1.0, "EUR": 0.9, "GBP": 0.65, "JPY": 121.0, "CHF": 0.96, "CAD": 1.28, "AUD": 1.33,
+    "INR": 64.0, "CNY": 6.3, "BRL": 3.3, "MXN": 15.9, "EGP": 7.7, "ZAR": 12.8,
 }
 
 CURRENCY_NAMES: dict[str, str] = {
@@ -139,6 +149,8 @@ MASS_UNITS: dict[str, float] = {
     "kg": 1.0, "g": 0.001, "mg": 1e-6, "t": 1000.0, "lb": 0.45359237, "oz": 0.028349523125,
 }
 TEMPERATURE_UNITS = ("C", "F", "K")
+# Area units (square metres per unit): only convert_area, the near-duplicate of convert_units, uses them.
+AREA_UNITS: dict[str, float] = {"m2": 1.0, "km2": 1e6, "ha": 1e4, "acre": 4046.8564224, "ft2": 0.09290304}
 
 UNIT_NAMES: dict[str, str] = {
     "m": "meters", "km": "kilometers", "cm": "centimeters", "mm": "millimeters", "mi": "miles", "yd": "yards",
@@ -146,9 +158,34 @@ UNIT_NAMES: dict[str, str] = {
     "lb": "pounds", "oz": "ounces", "C": "degrees Celsius", "F": "degrees Fahrenheit", "K": "kelvin",
 }
 
+# Orders: the id is the only thing a task's instruction gives, so the product (by SKU), quantity,
+# destination city, order date and delivery time must all be read from order_info's observation.
+# Delivery times count business days (Monday to Friday). There are too many rows to write out (each
+# order template needs hundreds of distinct instructions across train and test), so they come from
+# a fixed rule: a string-seeded random.Random gives the same rows on every machine and Python 3.
+# Orders ship abroad: the destination is never in the country the product is made in.
+def _orders(n: int = 240) -> dict[str, dict]:
+    rng = random.Random("tuneforge-tool-world-orders")
+    names, cities = sorted(PRODUCTS), sorted(CITIES)
+    out = {}
+    for number in rng.sample(range(10000, 100000), n):
+        product = rng.choice(names)
+        out[f"ORD-{number}"] = {
+            "sku": PRODUCTS[product]["sku"],
+            "quantity": rng.randint(1, 9),
+            "ship_to": rng.choice([c for c in cities if CITIES[c]["country"] != PRODUCTS[product]["made_in"]]),
+            "placed_on": (date(2020, 1, 1) + timedelta(days=rng.randint(0, 5 * 365))).isoformat(),
+            "business_days": rng.randint(2, 15),
+        }
+    return out
+
+
+ORDERS: dict[str, dict] = _orders()
+
 # Names that are in no table: the give-up tasks ask about them.
 UNKNOWN_CITIES = ("Atlantis", "Eldoria", "Port Veylan", "Mirrowdale", "Khar Zadun", "Lumen Bay")
 UNKNOWN_COUNTRIES = ("Freedonia", "Genovia", "Elbonia", "Syldavia", "Borduria", "Latveria")
+UNKNOWN_ORDERS = ("ORD-00000", "ORD-00417", "ORD-03141", "ORD-07007", "ORD-09999")  # below every real id
 UNKNOWN_PRODUCTS = ("Quantum Toaster", "Hover Skates", "Aether Lantern", "Comet Blender", "Velvet Drone")
 
 # Words for the text tasks.

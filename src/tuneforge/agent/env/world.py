@@ -2,11 +2,21 @@
 
 Tools (:data:`WORLD_TOOLS`, in this order):
 
-- arithmetic: ``add``, ``subtract``, ``multiply``, ``divide``, ``power``, ``percentage``
-- conversions: ``convert_units`` (length, mass, temperature), ``convert_currency`` (fixed rates)
-- dates: ``add_days``, ``days_between``, ``weekday``
-- lookups: ``city_info``, ``country_info``, ``product_info``
-- text and lists: ``word_count``, ``reverse_text``, ``sort_numbers``, ``max_of``, ``average``
+- arithmetic: ``add``, ``subtract``, ``multiply``, ``divide``, ``power``, ``percentage``, ``modulo``,
+  ``percent_change``
+- conversions: ``convert_units`` (length, mass, temperature), ``convert_currency`` (fixed rates),
+  ``convert_area``, ``exchange_rate``, ``legacy_convert_currency`` (deprecated: other, older rates)
+- dates: ``add_days``, ``days_between``, ``weekday``, ``add_business_days``, ``business_days_between``,
+  ``day_of_year``
+- lookups: ``city_info``, ``country_info``, ``product_info``, ``country_population``, ``city_info_v1``
+  (retired: always an error), ``product_by_sku``, ``order_info``
+- text and lists: ``word_count``, ``reverse_text``, ``sort_numbers``, ``max_of``, ``average``,
+  ``char_count``, ``reverse_words``, ``min_of``
+
+The tools after the first 19 exist mostly as near-duplicates of others (see :mod:`.distractors`):
+alike in name and description but giving a different result or an error for the same request, so
+choosing the right tool takes reading its description. Several are also gold tools of some task,
+so a model cannot learn to just avoid them.
 
 Bad inputs raise ``ValueError`` / ``KeyError`` / ``ZeroDivisionError``; the registry turns them into
 ``tool_error`` observations. Lookups ignore case, accents and extra spaces.
@@ -21,12 +31,14 @@ from datetime import date, timedelta
 from typing import Literal
 
 from tuneforge.agent.env.tables import (
-    CITIES, COUNTRIES, LENGTH_UNITS, MASS_UNITS, PRODUCTS, TEMPERATURE_UNITS, USD_RATES,
+    AREA_UNITS, CITIES, COUNTRIES, LEGACY_USD_RATES, LENGTH_UNITS, MASS_UNITS, ORDERS, PRODUCTS, TEMPERATURE_UNITS,
+    USD_RATES,
 )
 from tuneforge.agent.tools import Tool, ToolRegistry, from_python
 
 Unit = Literal[tuple(LENGTH_UNITS) + tuple(MASS_UNITS) + TEMPERATURE_UNITS]  # type: ignore[valid-type]
 Currency = Literal[tuple(USD_RATES)]  # type: ignore[valid-type]
+AreaUnit = Literal[tuple(AREA_UNITS)]  # type: ignore[valid-type]
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 _MAX_ABS = 1e15
@@ -111,6 +123,31 @@ def percentage(value: float, percent: float) -> float:
     return _finite(value * percent / 100, "the result")
 
 
+def modulo(a: float, b: float) -> float:
+    """Give the remainder when a is divided by b (a mod b), not the quotient.
+
+    Args:
+        a: The dividend.
+        b: The divisor; must not be zero.
+    """
+    if b == 0:
+        raise ZeroDivisionError("modulo by zero")
+    return _finite(math.fmod(a, b), "the remainder")
+
+
+def percent_change(old: float, new: float) -> float:
+    """Compute the percent change from old to new, as a percentage of old (returns
+    (new - old) / old * 100).
+
+    Args:
+        old: The starting value; must not be zero.
+        new: The final value.
+    """
+    if old == 0:
+        raise ZeroDivisionError("the starting value is zero")
+    return _finite((new - old) / old * 100, "the change")
+
+
 # ---- conversions -------------------------------------------------------------------------------
 
 def _to_kelvin(v: float, unit: str) -> float:
@@ -150,6 +187,41 @@ def convert_currency(amount: float, from_currency: Currency, to_currency: Curren
         to_currency: The currency code to convert to, e.g. EUR.
     """
     return _finite(amount / USD_RATES[from_currency] * USD_RATES[to_currency], "the result")
+
+
+def convert_area(value: float, from_unit: AreaUnit, to_unit: AreaUnit) -> float:
+    """Convert an area between units: m2, km2, ha (hectare), acre, ft2. Only areas, not lengths or
+    masses.
+
+    Args:
+        value: The area to convert.
+        from_unit: The unit of value.
+        to_unit: The unit to convert to.
+    """
+    return _finite(value * AREA_UNITS[from_unit] / AREA_UNITS[to_unit], "the result")
+
+
+def exchange_rate(from_currency: Currency, to_currency: Currency) -> float:
+    """Give the world's fixed exchange rate: how many units of to_currency one unit of
+    from_currency buys. Converts no amount.
+
+    Args:
+        from_currency: The currency code to convert from, e.g. USD.
+        to_currency: The currency code to convert to, e.g. EUR.
+    """
+    return USD_RATES[to_currency] / USD_RATES[from_currency]
+
+
+def legacy_convert_currency(amount: float, from_currency: Currency, to_currency: Currency) -> float:
+    """Deprecated: convert an amount of money between currencies at the frozen 2015 exchange rates,
+    kept only for old invoices. Use convert_currency for the world's current rates.
+
+    Args:
+        amount: The amount of money.
+        from_currency: The currency code of amount, e.g. USD.
+        to_currency: The currency code to convert to, e.g. EUR.
+    """
+    return _finite(amount / LEGACY_USD_RATES[from_currency] * LEGACY_USD_RATES[to_currency], "the result")
 
 
 # ---- dates -------------------------------------------------------------------------------------
@@ -200,6 +272,55 @@ def weekday(date: str) -> str:
     return WEEKDAYS[_parse_date(date, "date").weekday()]
 
 
+_MAX_BUSINESS_DAYS = 20_000  # about 80 years: bounds the day-by-day walks below
+
+
+def add_business_days(date: str, days: int) -> str:
+    """Add business days (Monday to Friday) to a date, skipping Saturdays and Sundays; negative
+    days go back in time.
+
+    Args:
+        date: The start date, YYYY-MM-DD.
+        days: How many business days to add.
+    """
+    current = _parse_date(date, "date")
+    if abs(days) > _MAX_BUSINESS_DAYS:
+        raise ValueError(f"days must be between -{_MAX_BUSINESS_DAYS} and {_MAX_BUSINESS_DAYS}")
+    step, left = (1 if days >= 0 else -1), abs(days)
+    try:
+        while left:
+            current += timedelta(days=step)
+            left -= current.weekday() < 5
+    except OverflowError:
+        raise ValueError("the resulting date is out of range") from None
+    return current.isoformat()
+
+
+def business_days_between(start: str, end: str) -> int:
+    """Count the business days (Monday to Friday) from start to end, counting end but not start
+    (negative when end is before start).
+
+    Args:
+        start: The first date, YYYY-MM-DD.
+        end: The second date, YYYY-MM-DD.
+    """
+    a, b = _parse_date(start, "start"), _parse_date(end, "end")
+    sign = 1 if b >= a else -1
+    lo, hi = min(a, b), max(a, b)
+    if (hi - lo).days > _MAX_BUSINESS_DAYS * 2:
+        raise ValueError("the dates are too far apart")
+    return sign * sum((lo + timedelta(days=i)).weekday() < 5 for i in range(1, (hi - lo).days + 1))
+
+
+def day_of_year(date: str) -> int:
+    """Give the day number of a date within its year (1 for January 1st).
+
+    Args:
+        date: The date, YYYY-MM-DD.
+    """
+    return _parse_date(date, "date").timetuple().tm_yday
+
+
 # ---- lookups -----------------------------------------------------------------------------------
 
 def normalize_name(text: str) -> str:
@@ -209,12 +330,17 @@ def normalize_name(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
-def _lookup(table: dict[str, dict], name: str, kind: str, key: str) -> dict:
+def _lookup(table: dict[str, dict], name: str, kind: str, key: str, by: str = "named") -> dict:
     index = {normalize_name(k): k for k in table}
     found = index.get(normalize_name(name))
     if found is None:
-        raise KeyError(f"no {kind} named {name!r} in the database")
+        raise KeyError(f"no {kind} {by} {name!r} in the database")
     return {key: found, **table[found]}
+
+
+# The catalog keyed by SKU, for product_by_sku (product_info looks products up by name).
+_PRODUCTS_BY_SKU = {row["sku"]: {"product": name, **{k: v for k, v in row.items() if k != "sku"}}
+                    for name, row in PRODUCTS.items()}
 
 
 def city_info(city: str) -> dict:
@@ -237,13 +363,53 @@ def country_info(country: str) -> dict:
 
 
 def product_info(product: str) -> dict:
-    """Look up a product in the catalog: its price, the currency of the price, category, weight
-    in kg and the country it is made in.
+    """Look up a product in the catalog by name: its SKU code, price, the currency of the price,
+    category, weight in kg and the country it is made in.
 
     Args:
         product: The product name, e.g. Nimbus Kettle.
     """
     return _lookup(PRODUCTS, product, "product", "product")
+
+
+def country_population(country: str) -> int:
+    """Give the population of a whole country (not of a city).
+
+    Args:
+        country: The country name, e.g. France.
+    """
+    return _lookup(COUNTRIES, country, "country", "country")["population"]
+
+
+def city_info_v1(city: str) -> dict:
+    """Deprecated: the retired first version of the city lookup. It no longer answers; use
+    city_info.
+
+    Args:
+        city: The city name, e.g. Paris.
+    """
+    raise ValueError("city_info_v1 was retired; use city_info")
+
+
+def product_by_sku(sku: str) -> dict:
+    """Look up a product in the catalog by its SKU code (e.g. NK-433), not by its name: the
+    product name, price, the currency of the price, category, weight in kg and the country it is
+    made in.
+
+    Args:
+        sku: The product's SKU code, e.g. NK-433.
+    """
+    return _lookup(_PRODUCTS_BY_SKU, sku, "product", "sku", by="with SKU")
+
+
+def order_info(order_id: str) -> dict:
+    """Look up an order by its id (e.g. ORD-52445): the SKU of the product ordered, the quantity,
+    the city it ships to, the date it was placed and its delivery time in business days.
+
+    Args:
+        order_id: The order id, e.g. ORD-52445.
+    """
+    return _lookup(ORDERS, order_id, "order", "order_id", by="with id")
 
 
 # ---- text and lists ----------------------------------------------------------------------------
@@ -298,12 +464,47 @@ def average(numbers: list[float]) -> float:
     return _finite(sum(numbers) / len(numbers), "the mean")
 
 
+def char_count(text: str) -> int:
+    """Count the characters in a text, spaces included (not the words).
+
+    Args:
+        text: The text.
+    """
+    return len(text)
+
+
+def reverse_words(text: str) -> str:
+    """Reverse the order of the words in a text; each word keeps its spelling.
+
+    Args:
+        text: The text whose words to reverse.
+    """
+    return " ".join(reversed(text.split()))
+
+
+def min_of(numbers: list[float]) -> float:
+    """Give the smallest number in a list.
+
+    Args:
+        numbers: A non-empty list of numbers.
+    """
+    if not numbers:
+        raise ValueError("the list is empty")
+    return min(numbers)
+
+
 _FUNCTIONS = (
     add, subtract, multiply, divide, power, percentage,
     convert_units, convert_currency,
     add_days, days_between, weekday,
     city_info, country_info, product_info,
     word_count, reverse_text, sort_numbers, max_of, average,
+    # near-duplicates, added to make choosing a tool take reading (see .distractors)
+    modulo, percent_change,
+    convert_area, exchange_rate, legacy_convert_currency,
+    add_business_days, business_days_between, day_of_year,
+    country_population, city_info_v1, product_by_sku, order_info,
+    char_count, reverse_words, min_of,
 )
 
 WORLD_TOOLS: tuple[str, ...] = tuple(f.__name__ for f in _FUNCTIONS)
