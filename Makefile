@@ -30,10 +30,11 @@ calibration-demo: setup
 	$(BIN)/tuneforge data calibration data/generated/calibration --per-source 300 --n-shift 200
 	$(BIN)/tuneforge train examples/calibration.yaml --overwrite
 
-# Three-role agent vs single model on the offline tool world (docs/agent.md has the measured table).
+# Three-role agent vs two single-model baselines on the offline tool world, with the α-UMi reference's
+# budgets. On 2 CPU cores this takes hours (docs/agent.md, "Cost on this machine"); minutes on a GPU.
 agent-demo: setup
 	$(BIN)/tuneforge models default
-	$(BIN)/tuneforge agent world data/generated/toolworld --n-train 400 --n-test 50
+	$(BIN)/tuneforge agent world data/generated/toolworld --n-train 400 --n-test 80
 	$(BIN)/tuneforge train examples/agent.yaml --overwrite
 
 # Headless Chromium + its driver from Debian's packages, for the `tuneforge ui` browser tests (tests/test_ui.py).

@@ -3,12 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli, write_config
 from tuneforge.run_dir import RunDir
 from tuneforge.agent.env import generate_tasks, world_registry
 from tuneforge.agent.evaluate import static_predictions
-from tuneforge.agent.models import systems
+from tuneforge.agent.models import RoleModels, systems
 from tuneforge.agent.roles import TaskHeader, render_call, render_plan, render_step, target
 from tuneforge.agent.runtime import AgentRuntime
 from tuneforge.agent.trajectory import Call
@@ -171,6 +172,12 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     md = (run / "agent.md").read_text()
     assert "three roles" in md and "Strict vs lenient parsing" in md and "is **no difference**" in md
     assert RunDir(run).status() == "finished" and layout["test"]  # the one status rule, on a real agent run
+    # Generation precision: bf16 weights where asked (auto picks it on AMX / CUDA), fp32 otherwise.
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        models = RoleModels(run, "backbone", precision=precision)
+        assert next(models._models["backbone"][0].parameters()).dtype == dtype
+    roles = RoleModels(run, precision="bf16")
+    assert next(roles._set.model.parameters()).dtype == torch.bfloat16
     traces = list((run / "traces").glob("*.jsonl"))
     assert len(traces) == 2 * len(held)  # one per test file and system
     first = json.loads(traces[0].read_text().splitlines()[0])
