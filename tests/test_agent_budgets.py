@@ -37,17 +37,23 @@ def _session(tmp_path, tiny_llama, dates_data, **train):
     return cfg
 
 
+def _prepared(cfg):
+    """A Session ready to fit, with the config's train and validation examples."""
+    s = Session(cfg)
+    s.load_model()
+    splits = load_splits(cfg.data, cfg.seed)
+    train = encode_split(splits.train, s.tokenizer, cfg.data).encoded
+    val = encode_split(splits.val, s.tokenizer, cfg.data).encoded
+    s.start()
+    s.prepare(train)
+    return s, train, val
+
+
 def test_a_stage_in_epochs_runs_that_many_passes(tmp_path, tiny_llama, dates_data):
     cfg = _session(tmp_path, tiny_llama, dates_data)
     staged = stage_config(cfg, StageTrain(epochs=2))
     assert staged.train.max_steps is None and staged.train.epochs == 2
-    s = Session(staged)
-    s.load_model()
-    splits = load_splits(staged.data, staged.seed)
-    train = encode_split(splits.train, s.tokenizer, staged.data).encoded
-    val = encode_split(splits.val, s.tokenizer, staged.data).encoded
-    s.start()
-    s.prepare(train)
+    s, train, val = _prepared(staged)
     lengths = [len(e.ids) for e in train]
     per_epoch = len(plan_micro_batches(lengths, staged.train.batch_tokens, max(lengths), True, seed=staged.seed))
     result = s.fit(train, val)
@@ -59,13 +65,7 @@ def test_keep_best_ends_on_the_best_validation_weights(tmp_path, tiny_llama, dat
                    keep_last=10, lr=1e-2, warmup_ratio=0)
     losses = iter([1.0, 0.5, 0.9, 0.8])  # the best validation loss is at step 2
     monkeypatch.setattr(loop_module, "validation_loss", lambda *a, **k: next(losses))
-    s = Session(cfg)
-    s.load_model()
-    splits = load_splits(cfg.data, cfg.seed)
-    train = encode_split(splits.train, s.tokenizer, cfg.data).encoded
-    val = encode_split(splits.val, s.tokenizer, cfg.data).encoded
-    s.start()
-    s.prepare(train)
+    s, train, val = _prepared(cfg)
     result = s.fit(train, val)
     assert result.steps == 4 and result.best_step == 2 and result.best_val_loss == pytest.approx(0.5)
     best = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors"))
