@@ -1,0 +1,59 @@
+"""What agent evaluation costs per generation: planner prompts from a tool-world test split, batched,
+with fp32 and with bf16 weights (docs/agent.md, "Cost on this machine"), plus the training tokens of
+one backbone epoch of the world's train split.
+
+    tuneforge agent world /tmp/tw --n-train 400 --n-test 80
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_agent_generate.py /tmp/tw
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tuneforge.agent.evaluate import load_trajectories
+from tuneforge.agent.roles import build_role_examples, context_segments, fit_to_length
+from tuneforge.data.formats import Example
+from tuneforge.data.render import encode
+from tuneforge.eval.generate import generate
+from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("world", type=Path, help="folder written by `tuneforge agent world`")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=1024)
+    args = ap.parse_args()
+    path = resolve_model_path(None)
+    tok = load_tokenizer(path)
+
+    train, _ = load_trajectories(args.world / "train.json", "skip")
+    for role in ("backbone", "planner", "caller", "summarizer"):
+        examples, _ = build_role_examples(train, role)
+        lengths = [len(encode(Example(fit_to_length(e.segments, tok, args.max_length)), tok, args.max_length).ids)
+                   for e in examples]
+        print(f"{role}: {len(examples)} examples, mean {statistics.mean(lengths):.0f} tokens, "
+              f"{sum(lengths):,} tokens per epoch")
+
+    test, _ = load_trajectories(args.world / "test_id.json", "keep")
+    points = [(t, i) for t in test for i, s in enumerate(t.steps) if s.decision is not None][: args.prompts]
+    prompts = [[{"role": s.role, "content": s.text} for s in context_segments("planner", t, t.steps[:i])]
+               for t, i in points]
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_model(path, dtype=dtype)
+        start = time.perf_counter()
+        generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+        print(f"{dtype}: {seconds / len(prompts):.2f} s per planner prompt (batch {args.batch_size}, "
+              f"{args.max_new_tokens} new tokens)")
+
+
+if __name__ == "__main__":
+    main()
