@@ -17,13 +17,12 @@ from tuneforge.models.adapters import AdapterSet
 from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.models.merge import load_for_inference
 from tuneforge.train.precision import resolve_precision
-from tuneforge.run_dir import AGENT_JSON
+from tuneforge.run_dir import RunDir
 
-AGENT_FILE = AGENT_JSON  # written by the recipe: where the backbone, roles and baseline live
 
 
 def read_agent_layout(run: Path) -> dict:
-    path = Path(run) / AGENT_FILE
+    path = RunDir(run).agent_json  # written by the recipe: where the backbone, roles and baselines live
     if not path.is_file():
         raise UserError(f"{path} is missing: {run} is not a finished agent run (train one with recipe: agent)")
     return json.loads(path.read_text())

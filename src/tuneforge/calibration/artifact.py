@@ -13,14 +13,11 @@ from tuneforge.errors import UserError
 from tuneforge.models.adapters import adapter_disabled, has_adapter
 from tuneforge.models.load import SAFE, LoadPolicy, load_model
 from tuneforge.models.merge import load_for_inference
-from tuneforge.run_dir import CALIBRATION_JSON, PROBE
-
-CALIBRATION_FILE = CALIBRATION_JSON
-PROBE_FILE = PROBE
+from tuneforge.run_dir import RunDir
 
 
 def load_calibration_info(run: Path) -> dict:
-    path = run / CALIBRATION_FILE
+    path = RunDir(run).calibration_json
     if not path.is_file():
         raise UserError(f"{path} is missing: run the 'tune' stage first (tuneforge calibrate CONFIG --stage tune)")
     return json.loads(path.read_text())

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from tuneforge.agent.evaluate import evaluate_run, load_trajectories
-from tuneforge.agent.models import AGENT_FILE
 from tuneforge.agent.roles import build_role_examples, fit_to_length
 from tuneforge.agent.trajectory import Trajectory
 from tuneforge.atomic import write_json
@@ -144,7 +143,7 @@ def run_agent(session: Session) -> Path:
         artifact, b = _train_stage(session, SINGLE, str(shared), "backbone", train_t, val_t, more)
         layout["baselines"]["backbone trained on"] = str(artifact.relative_to(run))
         layout["steps"]["trained on"], layout["tokens"]["trained on"] = b.steps, b.tokens
-    write_json(run / AGENT_FILE, layout)
+    write_json(RunDir(run).agent_json, layout)
     say(f"trained in {time.time() - session.started:.0f} s")
 
     if cfg.agent.test:

@@ -12,11 +12,11 @@ import torch
 from accelerate.utils import set_seed
 
 from tuneforge.atomic import write_json
-from tuneforge.calibration.artifact import CALIBRATION_FILE, PROBE_FILE
 from tuneforge.calibration.balance import balance, check_both_classes, encode_items
 from tuneforge.calibration.fit import fit_probe, fit_temperature
 from tuneforge.calibration.query import make_query_spec, query_text, score_queries
 from tuneforge.recipes.calibration.files import load_run_graded
+from tuneforge.run_dir import PROBE, RunDir
 from tuneforge.train.losses.calibration import CalibrationLoss
 from tuneforge.train.session import Session
 
@@ -52,8 +52,8 @@ def tune_stage(session: Session) -> dict:
         texts = [query_text(tokenizer, g.question, g.answer, spec) for g in train_items]
         _, hidden = score_queries(session.model, tokenizer, texts, spec, cal.batch_size, amp, want_hidden=True)
         y = torch.tensor([g.correct for g in train_items])
-        fit_probe(hidden, y, balanced=cal.balance != "none", seed=cfg.seed).save(run / PROBE_FILE)
-        probe_info = PROBE_FILE
+        fit_probe(hidden, y, balanced=cal.balance != "none", seed=cfg.seed).save(RunDir(run).probe)
+        probe_info = PROBE
 
     say(f"tuning {cfg.method.name} on {len(train)} queries")
     started = time.time()
@@ -83,6 +83,6 @@ def tune_stage(session: Session) -> dict:
                   "regularizer": cal.regularizer, "regularizer_weight": cal.regularizer_weight,
                   "trainable_params": session.trainable, "seconds": round(time.time() - started, 1)},
     }
-    write_json(run / CALIBRATION_FILE, info)
+    write_json(RunDir(run).calibration_json, info)
     session.release()  # the evaluate stage loads the tuned artifact afresh
     return info
