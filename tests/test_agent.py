@@ -176,8 +176,21 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         models = RoleModels(run, "backbone", precision=precision)
         assert next(models._models["backbone"][0].parameters()).dtype == dtype
-    roles = RoleModels(run, precision="bf16")
-    assert next(roles._set.model.parameters()).dtype == torch.bfloat16
+    roles = RoleModels(run, precision="bf16")  # each role its own model, its adapter folded in
+    assert all(next(m.parameters()).dtype == torch.bfloat16 for m, _ in roles._models.values())
+    assert next(RoleModels(run, precision="bf16", fold_adapters=False)._set.model.parameters()).dtype == torch.bfloat16
+    # Folded adapters, the prefix cache and the reply memory change no reply (fp32): the same as one
+    # base with the adapters switched and every prompt generated from scratch.
+    from tuneforge.agent.evaluate import static_replies
+    from tuneforge.agent.env import read_tasks
+
+    tasks = read_tasks(world["test_id"])[:2]
+    fast = RoleModels(run, precision="fp32")
+    plain = RoleModels(run, precision="fp32", fold_adapters=False, prefix_cache_gb=0)
+    first = static_replies(fast, tasks, False, fast.tokenizer)
+    assert first == static_replies(plain, tasks, False, plain.tokenizer)
+    assert fast._caches["planner"].reused_tokens > 0
+    assert static_replies(fast, tasks, False, fast.tokenizer) == first  # asked again: answered from memory
     traces = list((run / "traces").glob("*.jsonl"))
     assert len(traces) == 2 * len(held)  # one per test file and system
     first = json.loads(traces[0].read_text().splitlines()[0])

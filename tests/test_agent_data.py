@@ -11,6 +11,7 @@ from tuneforge.agent.roles import (
     ROLE_LINES,
     ROLES,
     TaskHeader,
+    backbone_examples,
     build_role_examples,
     context_segments,
     fit_to_length,
@@ -22,6 +23,7 @@ from tuneforge.agent.roles import (
     role_examples,
     system_prompt,
     target,
+    trajectory_example,
 )
 from conftest import shared_toolbench
 from tuneforge.agent.toolbench import read_toolbench, summary, to_conversations, write_toolbench
@@ -454,3 +456,45 @@ def test_other_shapes_jsonl_plain_answer_bad_caller(tmp_path):
     assert chain.instruction == "Hi" and rep.formats == Counter(conversations=1, chains=1)
     assert [(s.thought, s.decision, s.final_answer) for s in chain.steps] == [("", "finish", "Hello there.")]
     assert role_examples(chain, "planner")[0].segments[-1].text == "Next: conclusion"
+
+
+def _same_objective(traj, tok):
+    """Every per-step backbone example is a prefix of the whole-trajectory sequence, token for token,
+    with its target tokens trained there too; and the sequence trains nothing else."""
+    whole = encode(trajectory_example(traj), tok, 1 << 30)
+    trained = set()
+    for e in role_examples(traj, "backbone"):
+        step = encode(e, tok, 1 << 30)
+        n = len(step.ids)
+        assert whole.ids[:n] == step.ids, e.where
+        mine = {i for i, m in enumerate(step.mask) if m}
+        assert mine and all(whole.mask[i] for i in mine), e.where
+        trained |= mine
+    assert trained == {i for i, m in enumerate(whole.mask) if m}
+
+
+def test_whole_trajectory_is_the_per_step_objective(tok):
+    _same_objective(sample_trajectory(), tok)
+    _same_objective(_long_trajectory(), tok)
+    assert trajectory_example(Trajectory("x", TOOLS, [Step("Hmm.", None)], where="t")) is None
+
+
+@needs_data
+def test_whole_trajectory_is_the_per_step_objective_on_real_trajectories(ood, tok):
+    trajectories, _ = ood
+    for traj in trajectories[:20]:
+        if trajectory_example(traj) is not None:
+            _same_objective(traj, tok)
+
+
+def test_backbone_examples_split_what_does_not_fit(tok):
+    long, short = _long_trajectory(), sample_trajectory()
+    n_long = _n(trajectory_example(long).segments, tok)
+    examples, skipped, split = backbone_examples([short, long], tok, max_length=n_long - 1)
+    assert split == 1
+    assert examples[0].meta["steps"] == 3  # the sample's three backbone steps, in one sequence
+    assert len(examples) == 1 + len(role_examples(long, "backbone"))  # the long one as its steps, none lost
+    assert all(_n(e.segments, tok) <= n_long - 1 for e in examples[1:])
+    assert skipped == build_role_examples([short, long], "backbone")[1]
+    examples, _, split = backbone_examples([short, long], tok, max_length=n_long)
+    assert split == 0 and len(examples) == 2

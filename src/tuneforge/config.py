@@ -214,6 +214,7 @@ class StageTrain(Strict):
 
     epochs: float | None = Field(None, gt=0)
     max_steps: int | None = Field(None, ge=1)
+    batch_tokens: int | None = Field(None, ge=16)
     lr: float | None = Field(None, gt=0)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     schedule: Literal["linear", "cosine", "constant"] | None = None

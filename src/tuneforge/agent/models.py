@@ -13,6 +13,7 @@ from pathlib import Path
 from tuneforge.data.formats import Segment
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import generate
+from tuneforge.eval.prefix_cache import PrefixCache
 from tuneforge.models.adapters import AdapterSet
 from tuneforge.models.load import SAFE, LoadPolicy
 from tuneforge.models.merge import load_for_inference
@@ -60,11 +61,17 @@ class RoleModels:
     """generate(role, prompts) for the runtime and the static evaluation."""
 
     def __init__(self, run: Path, system: str = THREE_ROLES, max_new_tokens: int = 96, batch_size: int = 16,
-                 policy: LoadPolicy = SAFE, precision: str = "auto"):
+                 policy: LoadPolicy = SAFE, precision: str = "auto", fold_adapters: bool = True,
+                 prefix_cache_gb: float = 4.0):
         """`system`: "three roles", or the name of a single-model baseline of the run (see `systems`).
         `precision`: "auto" generates with bf16 weights where the hardware runs bf16 natively (AMX,
         AVX512-BF16, CUDA; measured 2.5x faster than fp32 on agent prompts of ~800 tokens on a 2-core
-        AMX CPU, docs/agent.md), fp32 elsewhere; "fp32" or "bf16" to choose."""
+        AMX CPU, docs/agent.md), fp32 elsewhere; "fp32" or "bf16" to choose.
+        `fold_adapters`: give each role its own copy of the base with its adapter merged in (three
+        models' memory; no adapter switching and no per-layer adapter work at every token) instead
+        of one base with the adapters switched per turn.
+        `prefix_cache_gb`: per role, the keys and values of prompts already read are kept up to this
+        size and reused by later prompts that share their start (eval/prefix_cache.py); 0 turns it off."""
         layout = read_agent_layout(run)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -78,6 +85,11 @@ class RoleModels:
             if hasattr(model, "merge_and_unload"):  # one adapter, never switched: fold it in, generation is faster
                 model = model.merge_and_unload()
             self._models["backbone"] = (model, tok)
+        elif layout["adapters"] and fold_adapters:
+            base = str(run / layout["base"])
+            for role, path in layout["roles"].items():
+                model, tok = load_for_inference(run / path, base=base, policy=policy)
+                self._models[role] = (model.merge_and_unload() if hasattr(model, "merge_and_unload") else model, tok)
         elif layout["adapters"]:
             self._set = AdapterSet(str(run / layout["base"]), {r: run / p for r, p in layout["roles"].items()},
                                    policy)
@@ -85,6 +97,9 @@ class RoleModels:
             for role, path in layout["roles"].items():
                 self._models[role] = load_for_inference(run / path, policy=policy)
         self.roles = list(layout["roles"])
+        self._replies: dict[tuple[str, str], str] = {}
+        self._caches = {name: PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
+                        for name in [*self.roles, "backbone"]}
         models = [*(m for m, _ in self._models.values()), *([self._set.model] if self._set else [])]
         dtype = resolve_precision(precision, next(models[0].parameters()).device)
         if dtype is not None:
@@ -97,8 +112,18 @@ class RoleModels:
         return self._set.tokenizer if self._set else next(iter(self._models.values()))[1]
 
     def __call__(self, role: str, prompts: list[list[Segment]]) -> list[str]:
-        messages = [_messages(p) for p in prompts]
-        kwargs = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        """Greedy replies. A prompt asked before (the first step of an episode is the first step-wise
+        prompt of its task) is answered from memory, not generated again."""
+        name = "backbone" if self.single_model else role
+        keys = [(name, json.dumps(_messages(p))) for p in prompts]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._replies))
+        for key, reply in zip(todo, self._generate(role, [json.loads(m) for _, m in todo])):
+            self._replies[key] = reply
+        return [self._replies[k] for k in keys]
+
+    def _generate(self, role: str, messages: list[list[dict]]) -> list[str]:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                      prefix_cache=self._caches["backbone" if self.single_model else role])
         if self.single_model:
             model, tok = self._models["backbone"]
             return generate(model, tok, messages, **kwargs)

@@ -289,6 +289,54 @@ def build_role_examples(trajectories: list[Trajectory], role: str,
     return out, skipped
 
 
+def trajectory_example(traj: Trajectory, max_observation_chars: int = OBSERVATION_CHARS) -> Example | None:
+    """The backbone's examples of one trajectory as one sequence, every step's output a target.
+
+    This is how the α-UMi reference trains its backbone (whole trajectories), and it is the same
+    objective as the per-step examples: under causal attention each step's target sees exactly the
+    tokens its per-step example shows (tested token by token), but the shared start is read once per
+    trajectory instead of once per step. None when the sequence cannot stand for the per-step
+    examples (no step has a target, or a step's history form differs from its target form).
+    """
+    segs = [Segment("system", system_prompt("backbone", traj.tools), False), Segment("user", traj.instruction, False)]
+    last_target = -1
+    for step in traj.steps:
+        segs += [Segment("user", n, False) for n in step.notes]
+        tgt, _ = _target("backbone", step)
+        text = render_step(step)
+        if tgt is not None and tgt != text:
+            return None
+        segs.append(Segment("assistant", text, tgt is not None))
+        if tgt is not None:
+            last_target = len(segs)
+        if step.observation is not None:
+            segs.append(Segment("user", render_observation(step.observation, max_observation_chars), False))
+    if last_target < 0:
+        return None
+    targets = sum(s.train for s in segs)
+    return Example(segs[:last_target], where=f"{traj.where} (backbone, {targets} steps in one sequence)",
+                   meta={"role": "backbone", "steps": targets, "trajectory": traj.where, "tools": traj.tool_names})
+
+
+def backbone_examples(trajectories: list[Trajectory], tokenizer, max_length: int,
+                      max_observation_chars: int = OBSERVATION_CHARS) -> tuple[list[Example], Counter, int]:
+    """Whole-trajectory examples where they fit in `max_length` tokens; the others as their per-step
+    examples (fitted to the length), so no step is lost. Returns examples, skipped steps by reason,
+    and how many trajectories were split into steps."""
+    skipped: Counter = Counter()
+    out, split = [], 0
+    for traj in trajectories:
+        whole = trajectory_example(traj, max_observation_chars)
+        if whole is not None and _n_tokens(whole.segments, tokenizer) <= max_length:
+            role_examples(traj, "backbone", skipped, max_observation_chars)  # counts the skipped steps only
+            out.append(whole)
+            continue
+        split += whole is not None
+        out += [Example(fit_to_length(e.segments, tokenizer, max_length), e.where, e.meta)
+                for e in role_examples(traj, "backbone", skipped, max_observation_chars)]
+    return out, skipped, split
+
+
 # -------------------------------------------------------------------------------- length fitting
 
 _OMITTED = re.compile(r"\A\[(\d+) earlier steps? omitted\]\Z")

@@ -13,6 +13,8 @@ import copy
 
 import torch
 
+from tuneforge.eval.prefix_cache import PrefixCache, generate_batch, supports_prefix_cache
+
 Prompt = str | list[dict]
 
 
@@ -89,8 +91,13 @@ def generate(
     seed: int | None = None,
     system: str | None = None,
     autocast_bf16: bool = False,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[str]:
-    """Generate a reply for each prompt; returns only the new text, in the prompts' order."""
+    """Generate a reply for each prompt; returns only the new text, in the prompts' order.
+
+    `prefix_cache` (one per model): reuse what earlier prompts of this model already read (see
+    eval/prefix_cache.py); the prompts are then taken shortest first, so a prompt that another one
+    extends is read before it."""
     if not prompts:
         return []
     has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -99,6 +106,10 @@ def generate(
     encoded = [tokenizer(t, add_special_tokens=not has_template)["input_ids"] for t in texts]
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    if prefix_cache is not None and not supports_prefix_cache(model):
+        prefix_cache = None
+    if prefix_cache is not None:
+        order.reverse()
 
     gen_config = generation_config(model, tokenizer, max_new_tokens, temperature, top_p,
                                    ["\n"] if stop_at_newline else None)
@@ -119,10 +130,14 @@ def generate(
                 torch.compiler.set_stance("force_eager"):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = model.generate(**batch, generation_config=gen_config, **extra)
-                new = out[:, batch["input_ids"].shape[1]:]
+                if prefix_cache is not None and all(len(encoded[i]) >= 2 for i in idx):
+                    new = generate_batch(model, [encoded[i] for i in idx], prefix_cache, gen_config,
+                                         gen_config.pad_token_id, **extra)
+                else:
+                    batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    out = model.generate(**batch, generation_config=gen_config, **extra)
+                    new = out[:, batch["input_ids"].shape[1]:]
                 for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
                     results[i] = text.split("\n", 1)[0] if stop_at_newline else text
     finally:

@@ -1,16 +1,17 @@
 """Multi-LLM agent, global-to-local progressive fine-tuning.
 
 Stage 1 (global): the base learns whole trajectories as one backbone (thought, decision, action or
-answer at every step). Stage 2 (local): the backbone is copied into a planner, a caller and a
-summarizer, each trained on its own tokens only. With an adapter method the stage-1 adapter is
-merged into a base folder and each role is one adapter on that shared base; with full
-fine-tuning each role is a model folder. The single-model baseline trains the backbone on the
-same data for as many steps as both stages together, so the comparison is fair.
+answer at every step; one sequence per trajectory, as the α-UMi reference trains it). Stage 2
+(local): the backbone is copied into a planner, a caller and a summarizer, each trained on its own
+tokens only. With an adapter method the stage-1 adapter is merged into a base folder and each role
+is one adapter on that shared base; with full fine-tuning each role is a model folder. Baselines:
+the backbone itself (the paper's comparison), and the backbone trained on whole trajectories for as
+many tokens as the roles saw in stage 2 ("more training" without the decomposition).
 
     run/
       global/      stage 1 (adapter/ or model/) and merged/ (the shared base of the roles)
       roles/NAME/  stage 2, one per role
-      single/      the baseline
+      single/      the "backbone trained on" baseline
       agent.json   where each piece is (read by `tuneforge agent run|eval`)
       agent.md, agent_results.json, plots/agent-*.png, traces/*.jsonl
 """
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from tuneforge.agent.evaluate import evaluate_run, load_trajectories
-from tuneforge.agent.roles import build_role_examples, fit_to_length
+from tuneforge.agent.roles import backbone_examples, build_role_examples, fit_to_length
 from tuneforge.agent.trajectory import Trajectory
 from tuneforge.atomic import write_json
 from tuneforge.config import Config, StageTrain
@@ -65,17 +66,25 @@ def _train_stage(run: Session, name: str, model_path: str, role: str, train_t, v
     cfg = run.cfg
     s = run.stage(stage_config(cfg, stage), name)
     s.load_model(model_path)
-    train_ex, skipped = build_role_examples(train_t, role)
-    val_ex, _ = build_role_examples(val_t, role)
-    train = encode_split(_fitted(train_ex, s.tokenizer, cfg.data.max_length), s.tokenizer, cfg.data)
-    val = encode_split(_fitted(val_ex, s.tokenizer, cfg.data.max_length), s.tokenizer, cfg.data)
+    split = 0
+    if role == "backbone":  # whole trajectories, as the reference trains its backbone
+        train_ex, skipped, split = backbone_examples(train_t, s.tokenizer, cfg.data.max_length)
+        val_ex, _, _ = backbone_examples(val_t, s.tokenizer, cfg.data.max_length)
+    else:
+        train_ex, skipped = build_role_examples(train_t, role)
+        val_ex, _ = build_role_examples(val_t, role)
+        train_ex, val_ex = (_fitted(e, s.tokenizer, cfg.data.max_length) for e in (train_ex, val_ex))
+    train = encode_split(train_ex, s.tokenizer, cfg.data)
+    val = encode_split(val_ex, s.tokenizer, cfg.data)
     if not train.encoded:
         raise UserError(f"agent stage {name}: no usable {role} examples in {cfg.data.train}: {len(train_ex)} built "
                         f"(skipped steps: {dict(skipped) or 'none'}), {train.dropped} dropped and "
                         f"{train.no_target} cut before their target by data.max_length {cfg.data.max_length}; "
                         "raise data.max_length or check the trajectories")
     s.log(f"stage {name}: {len(train.encoded)} {role} examples ({len(val.encoded)} validation), "
-          f"{train.truncated} truncated" + (f", skipped steps: {dict(skipped)}" if skipped else ""))
+          f"{train.truncated} truncated" + (f", skipped steps: {dict(skipped)}" if skipped else "")
+          + (f"; {split} trajectories longer than data.max_length {cfg.data.max_length} trained as their "
+             "separate steps" if split else ""))
     s.start(record_config=False)
     s.prepare(train.encoded)
     result = s.fit(train.encoded, val.encoded)
@@ -138,8 +147,10 @@ def run_agent(session: Session) -> Path:
               "tokens": {"global": g.tokens, "local": local_tokens},
               "test": list(cfg.agent.test or [])}  # RunDir.status: a run with tests is done once evaluated
     if cfg.agent.baseline:
-        steps = max(1, round(local_tokens / max(g.tokens / max(g.steps, 1), 1)))  # stage 1's tokens per step
-        more = (cfg.agent.local_stage or StageTrain()).model_copy(update={"max_steps": steps, "epochs": None})
+        # Stage 1's batches (same data, same batch size), so its tokens per step carry over.
+        steps = max(1, round(local_tokens / max(g.tokens / max(g.steps, 1), 1)))
+        more = (cfg.agent.local_stage or StageTrain()).model_copy(update={
+            "max_steps": steps, "epochs": None, "batch_tokens": cfg.agent.global_stage.batch_tokens})
         artifact, b = _train_stage(session, SINGLE, str(shared), "backbone", train_t, val_t, more)
         layout["baselines"]["backbone trained on"] = str(artifact.relative_to(run))
         layout["steps"]["trained on"], layout["tokens"]["trained on"] = b.steps, b.tokens
