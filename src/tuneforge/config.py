@@ -187,14 +187,19 @@ class CalibrationConfig(Strict):
     query: str = Field("Is the proposed answer correct?", description="the uncertainty question")
     options: tuple[str, str] = Field(("no", "yes"), description="the two answers of the query: (wrong, right)")
     balance: Literal["weight", "upsample", "none"] = Field(
-        "weight", description="counter a skewed graded set: weight the loss by inverse class frequency, "
-                              "upsample the rarer class, or nothing")
+        "none", description="counter a skewed graded set: weight the loss by inverse class frequency or upsample "
+                            "the rarer class (both train toward a 50/50 prior the test base rate may not have), "
+                            "or nothing (the reference's choice)")
     regularizer: Literal["none", "kl", "js"] = Field(
-        "none", description="keep the tuned model's next-token distribution on the proposed answer close "
-                            "to the base model's (adapter methods only)")
+        "js", description="keep the tuned model's next-token distribution on the proposed answer close "
+                          "to the base model's (adapter methods only): Jensen-Shannon (the reference's) or KL")
+    regularizer_on: Literal["answer_prompt", "query"] = Field(
+        "answer_prompt", description="where the regulariser reads the answer: under the prompt that asked for "
+                                     "it (the reference's: answering itself is protected) or inside the query")
     regularizer_weight: float = Field(1.0, ge=0)
     probe: bool = Field(False, description="also fit a linear probe on the frozen model's final hidden state")
     temperature_scaling: bool = Field(True, description="fit one temperature on the validation split")
+    platt_scaling: bool = Field(True, description="fit a scale and a bias on the validation split (Platt)")
     baselines: list[Literal["zero_shot", "verbalized", "sampling"]] = Field(
         default_factory=lambda: ["zero_shot", "verbalized", "sampling"])
     samples: int = Field(5, ge=2, description="sampled answers per question for the sampling baseline")

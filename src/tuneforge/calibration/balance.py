@@ -5,6 +5,7 @@ learns nothing."""
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from tuneforge.calibration.questions import Graded
 from tuneforge.calibration.query import QuerySpec, encode_query
@@ -42,10 +43,14 @@ def balance(encoded: list[Encoded], labels: list[bool], mode: str, seed: int) ->
     return encoded
 
 
-def encode_items(items: list[Graded], tokenizer, spec: QuerySpec, max_length: int) -> tuple[list[Encoded], list[bool], int]:
+def encode_items(items: list[Graded], tokenizer, spec: QuerySpec, max_length: int,
+                 answering: Callable[[Graded], list[dict]] | None = None) -> tuple[list[Encoded], list[bool], int]:
+    """Queries of graded answers; `answering(g)`: the chat that asked for g's answer, when the
+    regulariser reads the answer under it (see encode_query)."""
     encoded, labels, dropped = [], [], 0
     for g in items:
-        e = encode_query(tokenizer, g.question, g.answer, g.correct, spec, max_length)
+        e = encode_query(tokenizer, g.question, g.answer, g.correct, spec, max_length,
+                         answering(g) if answering else None)
         if e is None:
             dropped += 1
             continue

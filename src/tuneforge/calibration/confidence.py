@@ -1,8 +1,8 @@
 """Answer with a calibrated confidence: what `generate --confidence`, `chat --confidence` and the server call.
 
 The answer comes from the untuned model (adapter off), exactly as the graded answers did in
-training, and the confidence from the tuned uncertainty query with the fitted temperature, so the
-number means what the evaluation measured.
+training, and the confidence from the tuned uncertainty query with the fitted Platt scaling (or the
+fitted temperature in runs without one), so the number means what the evaluation measured.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tuneforge.calibration.artifact import CalibrationModels, load_calibration_info
 from tuneforge.calibration.questions import Question
-from tuneforge.calibration.query import QuerySpec, answer_messages, margin_to_confidence, query_text, score_queries
+from tuneforge.calibration.query import (QuerySpec, answer_messages, margin_to_confidence, platt_confidence, query_text,
+                                         score_queries)
 from tuneforge.eval.generate import generate
 from tuneforge.models.load import SAFE, LoadPolicy
 
@@ -24,10 +25,13 @@ class ConfidenceModel:
         self.tokenizer = self.models.tokenizer
         self.spec = QuerySpec.from_dict(self.info)
         self.temperature = float(self.info.get("temperature", 1.0))
+        self.platt = self.info.get("platt")  # {"scale", "bias"}: fitted on validation, it subsumes the temperature
 
     def confidence(self, questions: list[Question], answers: list[str]) -> list[float]:
         texts = [query_text(self.tokenizer, q, a, self.spec) for q, a in zip(questions, answers)]
         margins, _ = score_queries(self.models.tuned, self.tokenizer, texts, self.spec)
+        if self.platt:
+            return platt_confidence(margins, self.platt["scale"], self.platt["bias"])
         return margin_to_confidence(margins, self.temperature)
 
     def answer_many(self, questions: list[str | Question], max_new_tokens: int | None = None) -> list[tuple[str, float]]:

@@ -1,7 +1,10 @@
-"""Small post-hoc fits on held-out scores: temperature scaling and a linear probe.
+"""Small post-hoc fits on held-out scores: temperature scaling, Platt scaling and a linear probe.
 
 Temperature scaling (Guo et al., 2017) divides the tuned model's logit margin by one scalar T fitted
-on the validation split; it changes confidence, never the ranking (AUROC is unchanged). The probe is
+on the validation split; it changes confidence, never the ranking (AUROC is unchanged). Platt
+scaling (Platt, 1999) fits a scale and a bias, sigmoid(a * margin + b): the bias can also undo a
+shift of the whole margin (a training prior that differs from the test base rate), which a
+temperature cannot. The probe is
 the lightweight alternative to tuning: cross-validated logistic regression on the frozen model's final hidden state
 at the query position.
 """
@@ -32,6 +35,26 @@ def fit_temperature(margins: torch.Tensor, correct: torch.Tensor) -> float:
         opt.step(closure)
     t = float(log_t.detach().exp())
     return min(max(t, 1e-2), 1e2)  # a degenerate split can drive T to 0 or infinity: keep it usable
+
+
+def fit_platt(margins: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
+    """(a, b) minimising the NLL of sigmoid(a * margin + b) on (margins, correct); a is kept
+    positive (a negative scale would reverse the ranking the model learned)."""
+    margins, y = margins.detach().clone().float(), correct.detach().clone().float()
+    log_a = torch.zeros((), requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_a, b], lr=0.1, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(margins * log_a.exp() + b, y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    a = min(max(float(log_a.detach().exp()), 1e-2), 1e2)
+    return a, float(b.detach())
 
 
 @dataclass

@@ -115,10 +115,23 @@ def first_number(text: str) -> float | None:
     return -value if m.group(1) else value
 
 
+_RESULT_MARK = re.compile(r"=|\bis\b|\bequals\b", re.I)
+
+
+def answer_number(text: str) -> float | None:
+    """The number an answer gives: the first after its last "=", "is" or "equals" that has one
+    (small models echo the sum before the result: "4 + 9 = 13", "7 * 4 is 28"), else its first."""
+    for mark in reversed(list(_RESULT_MARK.finditer(text))):
+        after = first_number(text[mark.end():])
+        if after is not None:
+            return after
+    return first_number(text)
+
+
 def _numeric(answer: str, targets: list[str], tolerance: float) -> bool | None:
     """None when the rule does not apply: no target holds a number, or the answer has none."""
     wanted = [n for n in (first_number(t) for t in targets) if n is not None]
-    got = first_number(answer)
+    got = answer_number(answer)
     if not wanted or got is None:
         return None
     return any(abs(got - b) <= tolerance * max(1.0, abs(b)) for b in wanted)

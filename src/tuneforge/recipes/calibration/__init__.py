@@ -40,7 +40,9 @@ class Calibration(RecipeBase):
         self.stages = stages
 
     def check(self, cfg: Config) -> None:
-        if cfg.calibration.regularizer != "none" and not METHODS[cfg.method.name].adapter:
+        # Only a regulariser asked for by name is refused; the default one is left out without an adapter.
+        if "regularizer" in cfg.calibration.model_fields_set and cfg.calibration.regularizer != "none" \
+                and not METHODS[cfg.method.name].adapter:
             raise UserError(f"calibration.regularizer needs an adapter method (the base model is the "
                             f"adapter switched off); method {cfg.method.name} has none: use lora, dora, "
                             "ia3 or bottleneck, or set calibration.regularizer: none")

@@ -14,9 +14,12 @@ from tuneforge.atomic import atomic_write_text, write_json
 from tuneforge.calibration.artifact import CalibrationModels, load_calibration_info
 from tuneforge.calibration.baselines import sampling_confidence, verbalized_confidence
 from tuneforge.calibration.fit import Probe
-from tuneforge.calibration.query import QuerySpec, answer_messages, margin_to_confidence, query_text, score_queries
+from tuneforge.calibration.query import (QuerySpec, answer_messages, margin_to_confidence, platt_confidence,
+                                         query_text, score_queries)
 from tuneforge.errors import UserError
-from tuneforge.eval.uncertainty import comparison_chart, markdown_table, reliability_diagram, summarize
+from tuneforge.eval.uncertainty import (comparison_chart, markdown_table, reliability_diagram, reliability_grid,
+                                       summarize)
+from tuneforge.eval.uncertainty_stats import reference_predictors, split_statistics, statistics_markdown
 from tuneforge.recipes.calibration.answer import few_shot_examples
 from tuneforge.recipes.calibration.files import load_run_graded
 from tuneforge.run_dir import RunDir
@@ -24,6 +27,7 @@ from tuneforge.train.precision import resolve_precision
 from tuneforge.train.session import Session
 
 SPLITS = ("test", "shift")
+TUNED = "calibration-tuned"
 
 
 def evaluate_stage(session: Session) -> dict:
@@ -80,12 +84,21 @@ def evaluate_stage(session: Session) -> dict:
                 conf["probe"] = margin_to_confidence(probe.margin(hidden))
         t = time.time()
         margins, _ = score_queries(models.tuned, tok, texts, spec, cal.batch_size, amp)
-        conf["calibration-tuned"] = margin_to_confidence(margins)
-        timing["calibration-tuned"] = time.time() - t
+        conf[TUNED] = margin_to_confidence(margins)
+        timing[TUNED] = time.time() - t
         if info.get("temperature", 1.0) != 1.0:
-            conf["calibration-tuned + temperature"] = margin_to_confidence(margins, info["temperature"])
+            conf[f"{TUNED} + temperature"] = margin_to_confidence(margins, info["temperature"])
+        if info.get("platt"):
+            conf[f"{TUNED} + Platt"] = platt_confidence(margins, info["platt"]["scale"], info["platt"]["bias"])
+        # Trivial predictors fitted on the training answers: what a method must beat to have learned anything.
+        train = [g for g in graded if g.split == "train"]
+        conf |= reference_predictors([g.correct for g in train], [g.question.source for g in train],
+                                     [q.source for q in questions])
         results[split] = {name: summarize(c, correct) for name, c in conf.items()}
         extras.setdefault(split, {})["seconds"] = {k: round(v, 1) for k, v in timing.items()}
+        reference = [name for name in conf if name.startswith(TUNED)][-1]  # the scaled one, if fitted
+        extras[split]["statistics"] = split_statistics(conf, correct, [q.source for q in questions], reference,
+                                                       seed=cfg.seed)
         _plots(run, split, conf, correct, results[split])
 
     if not results:
@@ -106,6 +119,8 @@ def _slug(name: str) -> str:
 def _plots(run: Path, split: str, conf: dict[str, list[float]], correct: list[bool], summary: dict) -> None:
     for name, c in conf.items():
         reliability_diagram(c, correct, RunDir(run).plots / f"reliability-{split}-{_slug(name)}.png", f"{name} ({split})")
+    reliability_grid(conf, correct, RunDir(run).plots / f"calibration-reliability-{split}.png",
+                     f"Reliability on the {split} split (n={len(correct)})")
     comparison_chart(summary, RunDir(run).plots / f"calibration-{split}.png",
                      f"Confidence methods on the {split} split (n={len(correct)})")
 
@@ -120,7 +135,11 @@ def _report(run: Path, out: dict) -> str:
              "equal-width bins over the top-label confidence.", "",
              markdown_table(out["results"]), ""]
     for split in out["results"]:
-        lines += [f"![{split}](plots/calibration-{split}.png)", ""]
+        stats = out["details"].get(split, {}).get("statistics")
+        if stats:
+            lines += [statistics_markdown(stats, split)]
+        lines += [f"![{split}](plots/calibration-{split}.png)", "",
+                  f"![reliability, {split}](plots/calibration-reliability-{split}.png)", ""]
         unparsed = out["details"].get(split, {}).get("verbalized_unparsed")
         if unparsed is not None:
             lines += [f"- {split}: {unparsed} verbalized replies had no usable number and were scored 0.5", ""]

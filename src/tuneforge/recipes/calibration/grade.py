@@ -35,6 +35,20 @@ def grade_stage(session: Session) -> None:
     write_json(files.grading, summary)
     for split, s in summary["splits"].items():
         say(f"graded {split}: {s['n']} answers, {s['correct']} correct ({s['accuracy']:.1%})")
+    near = [f"{name} ({s['accuracy']:.0%}, chance {s['chance']:.0%})" for name, s in summary["sources"].items()
+            if s["near_chance"]]
+    if near:
+        say(f"within {NEAR_CHANCE:.0%} of chance, where a right answer is mostly a lucky guess and nothing can "
+            f"tell right from wrong: {', '.join(near)}; consider leaving these sources out")
+
+
+NEAR_CHANCE = 0.15  # a source must beat guessing by this much for its right answers to carry a signal
+
+
+def chance_of(q) -> float:
+    """What guessing scores: one over the options of a multiple-choice question; 0 for an open one
+    (graded exactly, a guess is almost never right)."""
+    return 1 / len(q.options) if q.options else 0.0
 
 
 def grading_summary(graded: list[Graded]) -> dict:
@@ -43,9 +57,14 @@ def grading_summary(graded: list[Graded]) -> dict:
         right = sum(g.correct for g in items)
         return {"n": n, "correct": right, "accuracy": round(right / n, 4) if n else None}
 
+    def with_chance(items: list[Graded]) -> dict:
+        out = block(items)
+        chance = sum(chance_of(g.question) for g in items) / len(items)
+        return out | {"chance": round(chance, 4), "near_chance": out["accuracy"] < chance + NEAR_CHANCE}
+
     splits = {s: block([g for g in graded if g.split == s]) for s in dict.fromkeys(g.split for g in graded)}
     graders = {name: sum(1 for g in graded if g.grader == name) for name in dict.fromkeys(g.grader for g in graded)}
-    sources = {s: block([g for g in graded if g.question.source == s])
+    sources = {s: with_chance([g for g in graded if g.question.source == s])
                for s in dict.fromkeys(g.question.source for g in graded)}
     return {"splits": splits, "graders": graders, "sources": sources,
             "empty_answers": sum(not g.answer.strip() for g in graded)}

@@ -1,9 +1,10 @@
 """The calibration-tuning loss: two-way cross-entropy on the option token, plus an optional regulariser.
 
 Only the two option logits enter the cross-entropy, so the model learns P(right | query) without
-being pushed to put mass on these tokens elsewhere. The regulariser (KL or Jensen-Shannon between
-the base and the tuned next-token distributions on the proposed answer's tokens) keeps the model's
-answering behaviour where it was: the base is the same weights with the adapter switched off.
+being pushed to put mass on these tokens elsewhere. The regulariser (Jensen-Shannon or KL between
+the base and the tuned next-token distributions on the proposed answer's tokens, by default under
+the prompt that asked for the answer) keeps the model's answering behaviour where it was: the base
+is the same weights with the adapter switched off.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class CalibrationLoss(nn.Module):
             base_hidden = body(input_ids=input_ids, position_ids=position_ids,
                                use_cache=False).last_hidden_state[:, :-1][answer]
             base = F.log_softmax(head(base_hidden).float(), dim=-1)
-        # The loop divides by the number of targets (one per example); scaling by targets/answer-tokens
-        # makes the term the mean divergence per answer token, independent of answer length.
-        per_token = divergence(base, tuned, self.regularizer).sum() / n_answer
-        return loss + self.regularizer_weight * per_token * int(select.sum())
+        # Summed over each example's answer tokens; the loop divides by the number of targets (one per
+        # example), so the term is the mean over examples of the per-example sum, as in the reference.
+        return loss + self.regularizer_weight * divergence(base, tuned, self.regularizer).sum()
