@@ -1,9 +1,14 @@
 """What agent evaluation costs per generation: planner prompts from a tool-world test split, batched,
 with fp32 and with bf16 weights (docs/agent.md, "Cost on this machine"), plus the training tokens of
-one backbone epoch of the world's train split.
+one backbone epoch of the world's train split (per-step examples and whole trajectories).
 
     tuneforge agent world /tmp/tw --n-train 400 --n-test 80
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_agent_generate.py /tmp/tw
+
+With `--run RUN` (a trained agent run), it also times the step-wise replies of each system on
+`--tasks` test tasks, the plain way (one base with the adapters switched, every prompt read from
+scratch) against the fast one (adapters folded, prefix cache, static-cache decoding), and counts
+how many replies agree (all of them in fp32: `--precision fp32`).
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.agent.evaluate import load_trajectories
-from tuneforge.agent.roles import build_role_examples, context_segments, fit_to_length
+from tuneforge.agent.evaluate import load_trajectories, static_replies
+from tuneforge.agent.roles import backbone_examples, build_role_examples, context_segments, fit_to_length
 from tuneforge.data.formats import Example
 from tuneforge.data.render import encode
 from tuneforge.eval.generate import generate
@@ -30,7 +35,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--run", type=Path, help="a trained agent run: time its systems' step-wise replies")
+    ap.add_argument("--tasks", type=int, default=16)
+    ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
+    if args.run:
+        time_systems(args)
+        return
     path = resolve_model_path(None)
     tok = load_tokenizer(path)
 
@@ -41,6 +52,10 @@ def main() -> None:
                    for e in examples]
         print(f"{role}: {len(examples)} examples, mean {statistics.mean(lengths):.0f} tokens, "
               f"{sum(lengths):,} tokens per epoch")
+    whole, _, split = backbone_examples(train, tok, args.max_length)
+    tokens = sum(len(encode(e, tok, args.max_length).ids) for e in whole)
+    print(f"backbone as whole trajectories: {len(whole)} examples ({split} trajectories longer than "
+          f"{args.max_length} as their steps), {tokens:,} tokens per epoch")
 
     test, _ = load_trajectories(args.world / "test_id.json", "keep")
     points = [(t, i) for t in test for i, s in enumerate(t.steps) if s.decision is not None][: args.prompts]
@@ -53,6 +68,25 @@ def main() -> None:
         seconds = time.perf_counter() - start
         print(f"{dtype}: {seconds / len(prompts):.2f} s per planner prompt (batch {args.batch_size}, "
               f"{args.max_new_tokens} new tokens)")
+
+
+def time_systems(args) -> None:
+    from tuneforge.agent.models import RoleModels, read_agent_layout, systems
+
+    test, _ = load_trajectories(args.world / "test_id.json", "keep")
+    test = test[: args.tasks]
+    for system in systems(read_agent_layout(args.run)):
+        times, replies = {}, {}
+        for way, fast in (("plain", False), ("fast", True)):
+            models = RoleModels(args.run, system, max_new_tokens=args.max_new_tokens, precision=args.precision,
+                                fold_adapters=fast, prefix_cache_gb=4.0 if fast else 0)
+            start = time.perf_counter()
+            replies[way] = static_replies(models, test, models.single_model, models.tokenizer, args.max_length)
+            times[way] = time.perf_counter() - start
+        same = sum(a == b for a, b in zip(replies["plain"], replies["fast"]))
+        print(f"{system}: {len(replies['fast'])} steps of {len(test)} tasks: plain {times['plain']:.1f} s, "
+              f"fast {times['fast']:.1f} s ({times['plain'] / times['fast']:.1f}x); {same} of "
+              f"{len(replies['fast'])} steps with the same replies ({args.precision})")
 
 
 if __name__ == "__main__":

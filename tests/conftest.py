@@ -69,6 +69,21 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def report_into_doc(run: Path, name: str, tmp_path: Path, capsys, command: str) -> str:
+    """`tuneforge runs report` into a fresh doc holding the `name` results markers; returns the doc's text."""
+    from tuneforge.docs_block import markers
+
+    doc = tmp_path / "doc.md"
+    begin, end = markers(name)
+    doc.write_text(f"# Doc\n{begin}\nold numbers\n{end}\nafter\n")
+    code, out, err = run_cli(["runs", "report", run, "--into", doc, "--images", tmp_path / "img",
+                              "--command", command], capsys)
+    assert code == 0, err
+    text = doc.read_text()
+    assert "old numbers" not in text and f"`{command}`" in text and text.endswith(f"{end}\nafter\n")
+    return text
+
+
 def running_server(app):
     """Serve a FastAPI app with uvicorn on a free loopback port in a thread; yields the base URL."""
     from tuneforge.serve.background import serve_in_thread

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, write_config
+from conftest import report_into_doc, run_cli, write_config
 from tuneforge.run_dir import RunDir
 from tuneforge.agent.env import generate_tasks, world_registry
 from tuneforge.agent.evaluate import static_predictions
@@ -199,6 +199,10 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     code, out, err = run_cli(["agent", "run", run, "What is 2 plus 2?", "--max-steps", "1"], capsys)
     assert code == 0, err
     assert "trace:" in out
+
+    text = report_into_doc(run, "agent", tmp_path, capsys, "make agent-demo")
+    assert "three roles" in text
+    assert (tmp_path / "img" / "run-agent-test_id.png").is_file() and "(img/run-agent-test_id.png)" in text
 
 
 def test_agent_inspect_reports_the_toolbench_counts(capsys):

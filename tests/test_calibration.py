@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli, write_config, write_jsonl
+from conftest import report_into_doc, run_cli, write_config, write_jsonl
 from tuneforge.run_dir import RunDir
 from tuneforge.calibration.baselines import agrees, parse_verbalized
 from tuneforge.calibration.fit import Probe, fit_probe, fit_temperature
@@ -209,7 +209,17 @@ def test_pipeline_from_a_graded_file_to_results_and_confidence(tmp_path, tiny_ll
     assert (run / "plots" / "reliability-shift-verbalized.png").stat().st_size > 0
     info = json.loads((run / "calibration.json").read_text())
     assert info["train"]["correct"] + info["train"]["wrong"] == info["train"]["queries"]
+    assert info["train"]["regularizer"] == "js" and info["train"]["regularizer_on"] == "answer_prompt"
     assert RunDir(run).status() == "finished"
+    # The trivial predictors are rows like any method; every method gets intervals and the noise floor.
+    assert {"base rate", "per-source prior"} <= methods
+    stats = results["details"]["test"]["statistics"]
+    assert stats["reference"].startswith("calibration-tuned") and "base rate" in stats["paired"]
+    assert {"ece", "auroc", "brier", "brier_skill", "ece_equal_mass"} <= set(stats["methods"]["probe"]["intervals"])
+    # ... and go into a doc's results block, charts beside it.
+    text = report_into_doc(run, "calibration", tmp_path, capsys, "make calibration-demo")
+    assert "noise floor" in text and "(img/run-calibration-test.png)" in text
+    assert (tmp_path / "img" / "run-calibration-reliability-test.png").is_file()
 
     code, out, err = run_cli(["generate", run, "What is 3 plus 3?", "--confidence", "--max-new-tokens", "4"], capsys)
     assert code == 0, err

@@ -1,0 +1,62 @@
+"""One role of the three-role agent played by another system's model: does that role lose the comparison?
+
+The three roles are evaluated as trained, and again with one role's replies written by a baseline's
+model (given the same role prompt: the role line says which part it writes). Everything else is the
+same, so the paired differences isolate what that role's own fine-tuning does. Step-wise and end to
+end on the run's test files, with the intervals and McNemar's tests of `tuneforge agent eval`.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/agent_swap_role.py runs/agent --role caller \
+        --system "backbone trained on" data/generated/toolworld/test_id.json data/generated/toolworld/test_ood.json
+
+Writes RUN/swap-ROLE.md and RUN/swap-ROLE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tuneforge.agent.evaluate import evaluate_system, file_results, load_trajectories, results_markdown
+from tuneforge.agent.models import THREE_ROLES, RoleModels
+from tuneforge.atomic import atomic_write_text, write_json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("tests", nargs="+")
+    ap.add_argument("--role", required=True, choices=["planner", "caller", "summarizer"])
+    ap.add_argument("--system", default="backbone trained on", help="the baseline whose model plays the role")
+    ap.add_argument("--max-tasks", type=int, default=80)
+    ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-length", type=int, default=2048)
+    args = ap.parse_args()
+
+    tests = {}
+    for f in args.tests:
+        trajectories, _ = load_trajectories(f, "keep")
+        tests[f] = trajectories[: args.max_tasks]
+    roles = RoleModels(args.run, THREE_ROLES, max_new_tokens=args.max_new_tokens)
+    other = RoleModels(args.run, args.system, max_new_tokens=args.max_new_tokens)
+
+    def swapped(role, prompts):
+        # The baseline model gets the role's own prompt; a single-model RoleModels ignores the role name.
+        return other(role, prompts) if role == args.role else roles(role, prompts)
+
+    name = f"three roles, {args.role} by {args.system}"
+    kwargs = dict(tokenizer=roles.tokenizer, max_length=args.max_length, max_steps=args.max_steps)
+    outputs = {THREE_ROLES: evaluate_system(roles, tests, False, **kwargs),
+               name: evaluate_system(swapped, tests, False, **kwargs)}
+    results = {f: file_results({s: outputs[s][f] for s in outputs}, {s: False for s in outputs}, THREE_ROLES)
+               for f in tests}
+    out = args.run / f"swap-{args.role}"
+    write_json(out.with_suffix(".json"), results)
+    atomic_write_text(out.with_suffix(".md"), results_markdown(results, THREE_ROLES))
+    print(json.dumps({f: r["systems"] for f, r in results.items()}, indent=1))
+    print(f"written: {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
