@@ -42,7 +42,7 @@ agent-demo: setup
 	@start=$$(date +%s) && \
 	$(BIN)/tuneforge agent world data/generated/toolworld --n-train 64 --n-test 80 && \
 	$(BIN)/tuneforge train examples/agent.yaml --overwrite && \
-	$(BIN)/tuneforge agent report runs/agent --into docs/agent.md --images docs/img \
+	$(BIN)/tuneforge runs report runs/agent --into docs/agent.md --images docs/img \
 	  --command "make agent-demo" --wall-seconds $$(( $$(date +%s) - start ))
 
 # Headless Chromium + its driver from Debian's packages, for the `tuneforge ui` browser tests (tests/test_ui.py).

@@ -1,5 +1,5 @@
 """Measured results written into a markdown document between two marker lines, so a demo's command
-can keep its page true (`tuneforge agent report`, `tuneforge calibrate ... --into`): everything
+can keep its page true (`tuneforge runs report`): everything
 outside the markers is left as it is, and the block says when, on what machine and by which command
 the numbers were measured."""
 

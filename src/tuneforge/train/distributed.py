@@ -62,6 +62,13 @@ def parallel_strategy(cfg: TrainConfig, accelerator) -> str:
     return "ddp"
 
 
+def launcher_rank() -> int:
+    """This process's rank as torchrun or `accelerate launch` set it (0 when not launched by them), known
+    before any process group exists: the run-folder check runs on rank 0 only, because a slower rank would
+    otherwise find the folder rank 0 has just created and refuse it."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def shard(loss_model: nn.Module, model: nn.Module) -> tuple[nn.Module, dict[str, nn.Parameter]]:
     """The FSDP twin of `loss_model` and its parameters by `model`'s own names.
 

@@ -35,7 +35,7 @@ from tuneforge.models.methods import METHODS, apply_method, count_parameters
 from tuneforge.report import plot_loss, write_report
 from tuneforge.run_dir import ADAPTER, MODEL, RunDir
 from tuneforge.runs import check_run_dir, create_run_dir
-from tuneforge.train.distributed import make_accelerator
+from tuneforge.train.distributed import launcher_rank, make_accelerator
 from tuneforge.train.levers import choose_attention, compile_blocks, peak_memory_gb, should_compile
 from tuneforge.train.loop import LoopResult, train_loop
 from tuneforge.train.precision import resolve_precision
@@ -68,7 +68,8 @@ class Session:
         # Refused before any loading: a run folder in the way costs the user nothing. A later stage of a
         # staged recipe works in an existing folder, and says so with check_run=False.
         target = Path(run or self.cfg.output_dir)
-        self.run = check_run_dir(target, overwrite, resume) if check_run else target
+        # Rank 0 only checks (see launcher_rank); its refusal stops the whole group.
+        self.run = check_run_dir(target, overwrite, resume) if check_run and launcher_rank() == 0 else target
         self.model = self.tokenizer = self.model_path = None
         self.accelerator = self.device = self.amp = None
         self.loss = None  # the loss module `fit` trained with (the recipe may evaluate with it)
