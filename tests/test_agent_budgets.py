@@ -82,3 +82,17 @@ def test_keep_best_needs_evaluations(tmp_path, tiny_llama, dates_data):
 
     with pytest.raises(UserError, match="keep_best needs train.eval_every"):
         _session(tmp_path, tiny_llama, dates_data, keep_best=True)
+
+
+def test_pack_length_caps_the_rows_the_loop_plans(tmp_path, tiny_llama, dates_data, monkeypatch):
+    asked = []
+
+    def planning(lengths, batch_tokens, row_length, packing, seed):
+        asked.append((max(lengths), row_length))
+        return plan_micro_batches(lengths, batch_tokens, row_length, packing, seed)
+
+    monkeypatch.setattr(loop_module, "plan_micro_batches", planning)
+    s, train, val = _prepared(_session(tmp_path, tiny_llama, dates_data, max_steps=1, pack_length=16))
+    s.fit(train, val)
+    longest = max(len(e.ids) for e in train)
+    assert longest > 16 and asked and all(row == 16 for _, row in asked)

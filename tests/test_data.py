@@ -310,6 +310,15 @@ def test_plan_micro_batches_packs_each_example_once_within_budget(packing):
     assert plan_micro_batches(lengths, batch_tokens, row_length, packing, seed=4) != plan
 
 
+def test_rows_shorter_than_the_longest_example_give_it_a_row_of_its_own():
+    lengths = [300, 40, 60, 90, 30, 50, 70]  # pack_length 128: the 300-token example cannot share a row
+    plan = plan_micro_batches(lengths, 512, 128, True, seed=0)
+    rows = [row for batch in plan for row in batch]
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert [0] in rows
+    assert all(sum(lengths[i] for i in row) <= 128 for row in rows if row != [0])
+
+
 def test_collate_restarts_position_ids_per_example(tok):
     from tuneforge.data.render import Encoded
 

@@ -467,19 +467,6 @@ def agent_eval(ctx: typer.Context, run: Path = typer.Argument(..., help="agent r
                  max_new_tokens=max_new_tokens, policy=_policy(ctx))
 
 
-@agent_app.command("report")
-def agent_report(run: Path = typer.Argument(..., help="evaluated agent run directory"),
-                 doc: Path = typer.Option(Path("docs/agent.md"), "--into", help="markdown file with the results markers"),
-                 images: Path = typer.Option(Path("docs/img"), help="folder the charts are copied to"),
-                 command: str = typer.Option("make agent-demo", help="the command that produced the run, for the record"),
-                 wall_seconds: Optional[float] = typer.Option(None, help="how long that command took")):
-    """Write the run's results (intervals, paired differences, McNemar, errors by role) and charts into a doc,
-    between its results markers, with the date, the machine and the command."""
-    from tuneforge.agent.report import publish
-
-    print(f"results written into {publish(run, doc, images, command, wall_seconds)}")
-
-
 def main() -> None:
     import warnings
 

@@ -60,7 +60,7 @@ def _messages(segments: list[Segment]) -> list[dict]:
 class RoleModels:
     """generate(role, prompts) for the runtime and the static evaluation."""
 
-    def __init__(self, run: Path, system: str = THREE_ROLES, max_new_tokens: int = 96, batch_size: int = 16,
+    def __init__(self, run: Path, system: str = THREE_ROLES, max_new_tokens: int = 96, batch_size: int = 64,
                  policy: LoadPolicy = SAFE, precision: str = "auto", fold_adapters: bool = True,
                  prefix_cache_gb: float = 4.0):
         """`system`: "three roles", or the name of a single-model baseline of the run (see `systems`).
@@ -70,6 +70,9 @@ class RoleModels:
         `fold_adapters`: give each role its own copy of the base with its adapter merged in (three
         models' memory; no adapter switching and no per-layer adapter work at every token) instead
         of one base with the adapters switched per turn.
+        `batch_size`: prompts decoded together. Each decode step has a fixed cost besides reading the
+        rows' keys and values, so larger batches pay: at 64, 32 tasks were evaluated in 207 s against
+        253 s at 16 (2-core AMX CPU, three roles, step-wise and end to end).
         `prefix_cache_gb`: per role, the keys and values of prompts already read are kept up to this
         size and reused by later prompts that share their start (eval/prefix_cache.py); 0 turns it off."""
         layout = read_agent_layout(run)

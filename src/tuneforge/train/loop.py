@@ -71,6 +71,11 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def row_length(lengths: list[int], cfg: TrainConfig) -> int:
+    """How long a packed row may be: the longest example, or `pack_length` when that is shorter."""
+    return min(max(lengths), cfg.pack_length or max(lengths))
+
+
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # compiled blocks would recompile for inference mode
 def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainConfig, pad_id: int,
@@ -79,7 +84,7 @@ def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainCo
     loss_model.eval()
     lengths = [len(e.ids) for e in encoded]
     total, targets = 0.0, 0
-    for rows in plan_micro_batches(lengths, cfg.batch_tokens, max(lengths), cfg.packing, seed=0):
+    for rows in plan_micro_batches(lengths, cfg.batch_tokens, row_length(lengths, cfg), cfg.packing, seed=0):
         batch = {k: v.to(device) for k, v in collate(rows, encoded, pad_id, extra_fields).items()}
         with autocast(device, amp_dtype):
             total += float(loss_model(**batch))
@@ -96,8 +101,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     given, is called on every rank with one dict per event (the plan, each step's examples, each save):
     what tests of the distributed and resume behaviour compare."""
     device = accelerator.device
-    row_length = max(len(e.ids) for e in train)
     lengths = [len(e.ids) for e in train]
+    rows_of = row_length(lengths, cfg)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     strategy = parallel_strategy(cfg, accelerator)
     say = log if main else (lambda *_: None)
@@ -123,7 +128,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         say(f"{world} processes: grad_accum {grad_accum} keeps the run's {micro_per_step} micro-batches per step")
 
     def epoch_plan(epoch: int) -> list[list[list[int]]]:
-        return plan_micro_batches(lengths, cfg.batch_tokens, row_length, cfg.packing, seed=seed + epoch)
+        return plan_micro_batches(lengths, cfg.batch_tokens, rows_of, cfg.packing, seed=seed + epoch)
 
     plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
     steps_per_epoch = max(1, len(plan) // micro_per_step)
