@@ -13,6 +13,7 @@ from tuneforge.errors import UserError
 from tuneforge.models.policy import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, LoadPolicy
 from tuneforge.run_dir import RunDir
 from tuneforge.serve.auth import API_KEY_ENV
+from tuneforge.train.stop import StoppedBySignal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models end to end.")
@@ -467,6 +468,14 @@ def agent_eval(ctx: typer.Context, run: Path = typer.Argument(..., help="agent r
                  max_new_tokens=max_new_tokens, policy=_policy(ctx))
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues a stopped run: the same one, with --resume instead of --overwrite."""
+    import shlex
+
+    args = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["tuneforge", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def main() -> None:
     import warnings
 
@@ -481,6 +490,9 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except StoppedBySignal as e:
+        print(f"{e}; continue with: {resume_command(sys.argv[1:])}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -491,6 +503,9 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         if isinstance(e, click.exceptions.Abort):
+            if isinstance(e.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C in Abort
+                print("interrupted", file=sys.stderr)
+                sys.exit(130)
             sys.exit(1)
         raise
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from tuneforge.train.distributed import (broadcast_object, copy_full_into, full,
                                          gather_object, local_numel, no_sync, parallel_strategy, shard,
                                          unshard_into)
 from tuneforge.train.losses.target import TargetLoss
+from tuneforge.train.stop import StopRequests, StoppedBySignal
 from tuneforge.train.precision import autocast
 
 
@@ -69,6 +71,14 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
                              num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.schedule]
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _agreed_stop(signum: int | None, accelerator) -> int | None:
+    """The signal that stops the run, agreed by every rank (a signal may reach only some of them, or
+    reach them during different steps): all ranks stop after the same step."""
+    if accelerator.num_processes == 1:
+        return signum
+    return next((s for s in gather_object(signum, accelerator) if s is not None), None)
 
 
 def row_length(lengths: list[int], cfg: TrainConfig) -> int:
@@ -195,88 +205,98 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     recent_losses: list[float] = []
     stopped_early = False
     train_seconds, train_tokens = 0.0, 0
-    while progress["step"] < total_steps:
-        t_step = time.perf_counter()  # a step's time: collation, forward, backward, update (not eval, saves)
-        if plan_epoch != progress["epoch"]:
-            plan, plan_epoch = epoch_plan(progress["epoch"]), progress["epoch"]
-        start = progress["micro_index"]
-        group = plan[start:start + micro_per_step]
-        if len(group) < micro_per_step:  # epoch exhausted: the remainder is dropped, like drop_last
-            progress["epoch"] += 1
-            progress["micro_index"] = 0
-            continue
-        batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
-        step_targets = sum(int(b["target_mask"].sum()) for b in batches)
-        step_tokens = sum(sum(len(train[i].ids) for i in row) for rows in group for row in rows)
-        mine = batches[rank::world]  # every rank planned the same group; each runs its own share
-        trace(step=progress["step"] + 1, examples=[i for rows in group[rank::world] for row in rows for i in row])
-        loss_sum = 0.0
-        for k, batch in enumerate(mine):
-            batch = {key: v.to(device) for key, v in batch.items()}
-            with no_sync(accelerator, loss_model, last=k == len(mine) - 1):
-                with autocast(device, amp_dtype):
-                    loss = loss_model(**batch)
-                # DDP/FSDP average gradients over ranks, so scale by world to get the global token mean.
-                accelerator.backward(loss * world / step_targets)
-            loss_sum += float(loss.detach())
-        loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / step_targets
-        # Always measured (clipping at infinity when off): a non-finite gradient is caught like a non-finite loss.
-        grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm or math.inf)
-        grad_norm = float(full(grad_norm)) if grad_norm is not None else None
+    # Ctrl-C or SIGTERM (preemption, the UI's Stop) ends the step in flight, then checkpoints and stops.
+    with StopRequests(note) as stops:
+        while progress["step"] < total_steps:
+            t_step = time.perf_counter()  # a step's time: collation, forward, backward, update (not eval, saves)
+            if plan_epoch != progress["epoch"]:
+                plan, plan_epoch = epoch_plan(progress["epoch"]), progress["epoch"]
+            start = progress["micro_index"]
+            group = plan[start:start + micro_per_step]
+            if len(group) < micro_per_step:  # epoch exhausted: the remainder is dropped, like drop_last
+                progress["epoch"] += 1
+                progress["micro_index"] = 0
+                continue
+            batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
+            step_targets = sum(int(b["target_mask"].sum()) for b in batches)
+            step_tokens = sum(sum(len(train[i].ids) for i in row) for rows in group for row in rows)
+            mine = batches[rank::world]  # every rank planned the same group; each runs its own share
+            trace(step=progress["step"] + 1, examples=[i for rows in group[rank::world] for row in rows for i in row])
+            loss_sum = 0.0
+            for k, batch in enumerate(mine):
+                batch = {key: v.to(device) for key, v in batch.items()}
+                with no_sync(accelerator, loss_model, last=k == len(mine) - 1):
+                    with autocast(device, amp_dtype):
+                        loss = loss_model(**batch)
+                    # DDP/FSDP average gradients over ranks, so scale by world to get the global token mean.
+                    accelerator.backward(loss * world / step_targets)
+                loss_sum += float(loss.detach())
+            loss_value = float(accelerator.reduce(torch.tensor(loss_sum, device=device), "sum")) / step_targets
+            # Always measured (clipping at infinity when off): a non-finite gradient is caught like a non-finite loss.
+            grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm or math.inf)
+            grad_norm = float(full(grad_norm)) if grad_norm is not None else None
 
-        progress["micro_index"] += micro_per_step
-        if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
-            # Caught before the optimizer could write it into the weights. Every rank sees the same summed
-            # loss and global norm, so all ranks skip (or stop) together.
+            progress["micro_index"] += micro_per_step
+            if not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(grad_norm)):
+                # Caught before the optimizer could write it into the weights. Every rank sees the same summed
+                # loss and global norm, so all ranks skip (or stop) together.
+                optimizer.zero_grad(set_to_none=True)
+                progress["nonfinite_skips"] += 1
+                what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {grad_norm}"
+                record({"step": progress["step"] + 1, "skipped": what, "nonfinite_skips": progress["nonfinite_skips"]})
+                if cfg.nonfinite == "stop" or progress["nonfinite_skips"] > cfg.max_nonfinite_skips:
+                    stop(_nonfinite_error(what, progress, cfg, latest_checkpoint(ckpt_root)))
+                note(f"step {progress['step'] + 1}: non-finite {what}; batch skipped "
+                     f"({progress['nonfinite_skips']} of at most {cfg.max_nonfinite_skips})")
+                continue
+            optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            progress["nonfinite_skips"] += 1
-            what = f"loss {loss_value}" if not math.isfinite(loss_value) else f"gradient norm {grad_norm}"
-            record({"step": progress["step"] + 1, "skipped": what, "nonfinite_skips": progress["nonfinite_skips"]})
-            if cfg.nonfinite == "stop" or progress["nonfinite_skips"] > cfg.max_nonfinite_skips:
-                stop(_nonfinite_error(what, progress, cfg, latest_checkpoint(ckpt_root)))
-            note(f"step {progress['step'] + 1}: non-finite {what}; batch skipped "
-                 f"({progress['nonfinite_skips']} of at most {cfg.max_nonfinite_skips})")
-            continue
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        progress["step"] += 1
-        progress["tokens"] += step_tokens
-        recent_losses.append(loss_value)
-        now = time.perf_counter()
-        tok_s = step_tokens / max(now - t_step, 1e-9)
-        train_seconds += now - t_step
-        train_tokens += step_tokens
-        step = progress["step"]
-        if step % cfg.log_every == 0 or step == total_steps:
-            record({"step": step, "epoch": progress["epoch"], "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm, "tokens": progress["tokens"], "tokens_per_s": tok_s,
-                    "targets": step_targets})
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-        bar.update(1)
+            progress["step"] += 1
+            progress["tokens"] += step_tokens
+            recent_losses.append(loss_value)
+            now = time.perf_counter()
+            tok_s = step_tokens / max(now - t_step, 1e-9)
+            train_seconds += now - t_step
+            train_tokens += step_tokens
+            step = progress["step"]
+            if step % cfg.log_every == 0 or step == total_steps:
+                record({"step": step, "epoch": progress["epoch"], "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm, "tokens": progress["tokens"], "tokens_per_s": tok_s,
+                        "targets": step_targets})
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            bar.update(1)
 
-        if val and cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
-            # Every rank computes the same validation loss, so every rank takes the same decisions.
-            vloss = validation_loss(loss_model, val, cfg, pad_id, device, amp_dtype, extra_fields)
-            record({"step": step, "val_loss": vloss})
-            note(f"step {step}: val_loss {vloss:.4f}")
-            best = progress["best_val_loss"]
-            if best is None or vloss < best:
-                progress["best_val_loss"], progress["bad_evals"] = vloss, 0
-                if cfg.early_stopping_patience or cfg.keep_best:
-                    best_state = {n: full(p.detach()).clone() for n, p in trainable.items()}
-                    progress["best_step"] = step
-            else:
-                progress["bad_evals"] += 1
-                if cfg.early_stopping_patience and progress["bad_evals"] >= cfg.early_stopping_patience:
-                    note(f"early stopping at step {step}: no val_loss improvement in "
-                         f"{progress['bad_evals']} evaluations; restoring the best weights")
-                    stopped_early = True
-        if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps or stopped_early:
-            checkpoint()
-        if stopped_early:
-            break
+            if val and cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
+                # Every rank computes the same validation loss, so every rank takes the same decisions.
+                vloss = validation_loss(loss_model, val, cfg, pad_id, device, amp_dtype, extra_fields)
+                record({"step": step, "val_loss": vloss})
+                note(f"step {step}: val_loss {vloss:.4f}")
+                best = progress["best_val_loss"]
+                if best is None or vloss < best:
+                    progress["best_val_loss"], progress["bad_evals"] = vloss, 0
+                    if cfg.early_stopping_patience or cfg.keep_best:
+                        best_state = {n: full(p.detach()).clone() for n, p in trainable.items()}
+                        progress["best_step"] = step
+                else:
+                    progress["bad_evals"] += 1
+                    if cfg.early_stopping_patience and progress["bad_evals"] >= cfg.early_stopping_patience:
+                        note(f"early stopping at step {step}: no val_loss improvement in "
+                             f"{progress['bad_evals']} evaluations; restoring the best weights")
+                        stopped_early = True
+            if (cfg.save_every and step % cfg.save_every == 0) or step == total_steps or stopped_early:
+                checkpoint()
+            if stopped_early:
+                break
+            signum = _agreed_stop(stops.signum, accelerator)
+            if signum is not None:
+                saved = (cfg.save_every and step % cfg.save_every == 0) or step == total_steps
+                if not saved:
+                    checkpoint()
+                record({"step": step, "stopped_by": signal.Signals(signum).name})
+                bar.close()
+                raise StoppedBySignal(signum, step, total_steps)
     bar.close()
     if (stopped_early or cfg.keep_best) and best_state is not None:
         # Only a best seen in this process can be restored: after --resume, one from before the

@@ -13,6 +13,8 @@ from pathlib import Path
 from tuneforge.models.policy import SAFE, LoadPolicy
 from tuneforge.ui.http import Fail
 
+STOP_GRACE_S = 60
+
 
 class Launcher:
     def __init__(self, runs_dir: Path, policy: LoadPolicy = SAFE):
@@ -62,7 +64,9 @@ class Launcher:
             entry["stopped"] = True
             entry["proc"].send_signal(signal.SIGTERM)
         try:
-            entry["proc"].wait(10)
+            # SIGTERM lets training finish its step and write a checkpoint (train/stop.py): a CPU step of a
+            # real model takes seconds. Past this, killing it still leaves the last checkpoint whole.
+            entry["proc"].wait(STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             entry["proc"].kill()
         return {"name": name, "stopped": True}
