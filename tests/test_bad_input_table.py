@@ -258,7 +258,7 @@ ROWS = [
          ("train", "{cfg}"), ("{val}:2", "'output'")),
     Case("data_all_dropped_by_max_length", train([{"instruction": "word " * 40, "output": "yes"}] * 3,
                                                  data={"max_length": 8, "truncation": "drop", "val_ratio": 0}),
-         ("train", "{cfg}"), ("data.train", "dropped", "data.max_length")),
+         ("train", "{cfg}"), ("data.train", "3 too long", "data.max_length")),
     Case("data_garbage_parquet", train(file="train.parquet", text="this is not parquet"), ("train", "{cfg}"),
          ("{data}", "could not load")),
     Case("data_csv_missing_column", train(file="train.csv", text="instruction,answer\nSay yes,yes\n"),

@@ -108,9 +108,16 @@ class DataConfig(Strict):
     system_prompt: str | None = None
     chat_template: str | None = Field(None, description="Jinja template, or 'chatml', when the tokenizer has none")
     max_length: int = Field(1024, ge=8)
-    truncation: Literal["right", "drop"] = "right"
+    truncation: Literal["prompt", "right", "drop"] = Field(
+        "prompt", description="too-long examples: prompt = shorten the prompt side (oldest turns, then the start "
+                              "of the last user message) and keep the answer; right = cut the end; drop = leave out")
     train_on_prompt: bool = False
     max_examples: int | None = Field(None, ge=1)
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error", description="a malformed or empty record stops the run (error) or is counted and left out (skip)")
+    drop_duplicates: bool = Field(False, description="leave out exact repeats of an earlier example (counted)")
+    max_lost: float = Field(0.01, ge=0, le=1, description="stop before training when more than this share of the "
+                                                           "records read would be lost (bad, too long, no answer...)")
 
 
 class TrainConfig(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.atomic import atomic_savefig, atomic_write_text
+from tuneforge.data.account import DataAccount
 from tuneforge.run_dir import LOSS_PLOT, PLOTS, RunDir
 from tuneforge.atomic import write_json
 
@@ -40,6 +41,8 @@ def write_report(run: Path, summary: dict) -> Path:
                 "best_val_loss", "stopped_early", "train_tokens_per_s", "peak_memory_gb", "artifact_mb"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
+        if key == "dropped_examples" and "data" in summary:  # where every record read went (data/account.py)
+            lines.append(f"- **data**: {DataAccount.from_dict(summary['data']).line()}")
     ev = summary.get("evaluation")
     if ev:
         lines += ["", f"## Before / after ({ev['metric']}, {ev['examples']} held-out examples)", "",

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig
+from tuneforge.data.account import DataAccount
 from tuneforge.data.formats import Example, to_examples
 from tuneforge.data.render import Encoded, encode
 from tuneforge.data.sources import read_records
@@ -16,6 +17,7 @@ from tuneforge.errors import UserError
 class Splits:
     train: list[Example]
     val: list[Example]
+    account: DataAccount = field(default_factory=DataAccount)  # what reading lost (encoding adds the rest)
 
 
 @dataclass
@@ -23,8 +25,13 @@ class EncodedSplit:
     examples: list[Example] = field(default_factory=list)  # kept examples, aligned with `encoded`
     encoded: list[Encoded] = field(default_factory=list)
     truncated: int = 0
-    dropped: int = 0
-    no_target: int = 0
+    dropped: int = 0  # too long, under truncation: drop
+    cut_before_answer: int = 0  # truncation left no trained token
+    no_answer: int = 0  # no trained token even whole
+
+    @property
+    def no_target(self) -> int:
+        return self.cut_before_answer + self.no_answer
 
 
 def hold_out(items: list, ratio: float, seed: int) -> tuple[list, list]:
@@ -37,21 +44,51 @@ def hold_out(items: list, ratio: float, seed: int) -> tuple[list, list]:
     return [items[i] for i in sorted(order[n_val:])], [items[i] for i in order[:n_val]]
 
 
+def _examples(source: str, cfg: DataConfig, key: str, account: DataAccount) -> list[Example]:
+    """The examples of one source; malformed records stop the run, or are counted and skipped."""
+    bad: list[str] | None = [] if cfg.on_bad_record == "skip" else None
+    records = read_records(source, cfg.split, bad)
+    if not records and not bad:
+        raise UserError(f"data.{key}: {source} has no records; check the file or the split name")
+    account.read += len(records) + len(bad or [])  # unreadable lines count as read (and as bad)
+    examples = to_examples(records, cfg.format, cfg.system_prompt, bad)
+    for reason in bad or []:
+        account.bad += 1
+        account.first_bad = account.first_bad or reason
+    return examples
+
+
+def _without_duplicates(examples: list[Example], seen: set) -> tuple[list[Example], int]:
+    """Examples whose roles and texts are in `seen` (which grows) are left out: (kept, number left out)."""
+    kept = []
+    for ex in examples:
+        key = tuple((s.role, s.text, s.train) for s in ex.segments)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    records = read_records(cfg.train, cfg.split)
-    if not records:
-        raise UserError(f"data.train: {cfg.train} has no records; check the file or the split name")
-    train = to_examples(records, cfg.format, cfg.system_prompt)
+    account = DataAccount()
+    train = _examples(cfg.train, cfg, "train", account)
     if cfg.validation:
-        val_records = read_records(cfg.validation, cfg.split)
-        if not val_records:
-            raise UserError(f"data.validation: {cfg.validation} has no records")
-        val = to_examples(val_records, cfg.format, cfg.system_prompt)
+        val = _examples(cfg.validation, cfg, "validation", account)
     else:
+        val = []
+    if cfg.drop_duplicates:  # before the hold-out, and validation first: no copy of a validation example trains
+        seen: set = set()
+        val, in_val = _without_duplicates(val, seen)
+        train, in_train = _without_duplicates(train, seen)
+        account.duplicates = in_val + in_train
+    if not cfg.validation:
         train, val = hold_out(train, cfg.val_ratio, seed)
-    if cfg.max_examples:
+    if cfg.max_examples and len(train) > cfg.max_examples:
+        account.beyond_max_examples = len(train) - cfg.max_examples
         train = train[: cfg.max_examples]
-    return Splits(train, val)
+    if not train:
+        raise UserError(f"data.train: no usable records in {cfg.train} ({account.line()})")
+    return Splits(train, val, account)
 
 
 def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> EncodedSplit:
@@ -61,10 +98,24 @@ def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> Encoded
         if enc is None:
             out.dropped += 1
             continue
-        if enc.n_targets == 0:  # e.g. truncated before the answer: nothing to learn from it
-            out.no_target += 1
+        if enc.n_targets == 0:  # nothing to learn from it
+            if enc.truncated:
+                out.cut_before_answer += 1
+            else:
+                out.no_answer += 1
             continue
         out.truncated += enc.truncated
         out.examples.append(ex)
         out.encoded.append(enc)
     return out
+
+
+def account_for(splits: Splits, train: EncodedSplit, val: EncodedSplit) -> DataAccount:
+    """The whole account of a run's data: what reading lost (splits) plus what encoding kept and lost."""
+    account = splits.account
+    account.train, account.validation = len(train.encoded), len(val.encoded)
+    account.truncated = train.truncated + val.truncated
+    account.too_long = train.dropped + val.dropped
+    account.cut_before_answer = train.cut_before_answer + val.cut_before_answer
+    account.no_answer = train.no_answer + val.no_answer
+    return account

@@ -127,14 +127,22 @@ def _text(rec: Record, system: str | None) -> list[Segment]:
 _CONVERTERS = {"alpaca": _alpaca, "messages": _messages, "prompt_completion": _prompt_completion, "text": _text}
 
 
-def to_examples(records: list[Record], fmt: str = "auto", system_prompt: str | None = None) -> list[Example]:
+def to_examples(records: list[Record], fmt: str = "auto", system_prompt: str | None = None,
+                bad: list[str] | None = None) -> list[Example]:
+    """One Example per record. A malformed or empty record raises, or with `bad` given is skipped and
+    its one-line reason appended there."""
     examples = []
     for rec in records:
-        kind = detect_format(rec.data) if fmt == "auto" else fmt
-        if kind is None:
-            raise UserError(
-                f"{rec.where}: cannot tell the format from fields {sorted(rec.data)}; expected alpaca "
-                "(instruction/input/output), messages, prompt/completion or text — or set data.format"
-            )
-        examples.append(Example(_CONVERTERS[kind](rec, system_prompt), rec.where))
+        try:
+            kind = detect_format(rec.data) if fmt == "auto" else fmt
+            if kind is None:
+                raise UserError(
+                    f"{rec.where}: cannot tell the format from fields {sorted(rec.data)}; expected alpaca "
+                    "(instruction/input/output), messages, prompt/completion or text — or set data.format"
+                )
+            examples.append(Example(_CONVERTERS[kind](rec, system_prompt), rec.where))
+        except UserError as e:
+            if bad is None:
+                raise
+            bad.append(str(e))
     return examples

@@ -107,18 +107,65 @@ def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str
     return full, spans
 
 
-def encode(example: Example, tokenizer, max_length: int, truncation: str = "right",
-           train_on_prompt: bool = False) -> Encoded | None:
-    """Token ids and loss mask for one example; None if it is dropped by the truncation policy."""
+def _encode_whole(example: Example, tokenizer, train_on_prompt: bool) -> tuple[list[int], list[bool]]:
     text, spans = _char_spans(example, tokenizer, train_on_prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    mask = [any(a <= start and end <= b for a, b in spans) and end > start for start, end in offsets]
+    return ids, [any(a <= start and end <= b for a, b in spans) and end > start for start, end in offsets]
+
+
+def _fit_prompt(example: Example, tokenizer, max_length: int, train_on_prompt: bool
+                ) -> tuple[list[int], list[bool]] | None:
+    """`example` shortened on its prompt side to fit `max_length`, its last assistant turn whole: the
+    oldest turns go first (whole turns, up to the next user message, after any system message), then
+    the start of the last user message. None when even an empty last user message does not fit."""
+    segs = example.segments
+    answer = max((i for i, s in enumerate(segs) if s.role == "assistant"), default=None)
+    if answer is None:
+        return None
+    last_user = max((i for i in range(answer) if segs[i].role == "user"), default=answer)
+    first = 1 if segs and segs[0].role == "system" else 0
+    head, middle, tail = segs[:first], segs[first:last_user], segs[last_user:]
+
+    def encoded(middle, tail):
+        return _encode_whole(Example(head + middle + tail, example.where, example.meta), tokenizer, train_on_prompt)
+
+    while middle:  # drop the oldest turn: up to the next user message
+        middle = middle[next((i for i in range(1, len(middle)) if middle[i].role == "user"), len(middle)):]
+        ids, mask = encoded(middle, tail)
+        if len(ids) <= max_length:
+            return ids, mask
+    if tail[0].role != "user":
+        return None
+    text = tail[0].text
+    starts = [a for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    ids, cut = None, 0
+    while ids is None or len(ids) > max_length:  # cut as many tokens as are too many, until it fits
+        over = len(ids) - max_length if ids is not None else 0
+        if cut >= len(starts):
+            return None
+        cut = min(len(starts), cut + max(over, 1))
+        rest = text[starts[cut]:] if cut < len(starts) else ""
+        ids, mask = encoded([], [Segment(tail[0].role, rest, tail[0].train), *tail[1:]])
+    return ids, mask
+
+
+def encode(example: Example, tokenizer, max_length: int, truncation: str = "prompt",
+           train_on_prompt: bool = False) -> Encoded | None:
+    """Token ids and loss mask for one example; None if it is dropped by the truncation policy.
+
+    Too long for `max_length`: "drop" leaves it out; "prompt" shortens the prompt side and keeps the
+    whole answer (the part that trains) where the answer alone fits, else cuts the end as "right" does;
+    "right" keeps the first `max_length` tokens."""
+    ids, mask = _encode_whole(example, tokenizer, train_on_prompt)
     truncated = len(ids) > max_length
     if truncated:
         if truncation == "drop":
             return None
-        ids, mask = ids[:max_length], mask[:max_length]
+        fitted = None
+        if truncation == "prompt" and not (example.segments and example.segments[0].role == "text"):
+            fitted = _fit_prompt(example, tokenizer, max_length, train_on_prompt)
+        ids, mask = fitted if fitted else (ids[:max_length], mask[:max_length])
     # Labels are shifted: token t is predicted from position t-1, so the first token is never a target.
     if mask:
         mask[0] = False

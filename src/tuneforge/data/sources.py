@@ -43,14 +43,22 @@ def _loads(text: str, where: str, fix: str = "") -> object:
         raise UserError(f"{where}: not usable JSON ({reason}){fix}") from None
 
 
-def _read_jsonl(path: Path) -> list[Record]:
+def _read_jsonl(path: Path, bad: list[str] | None = None) -> list[Record]:
+    """Records of a JSONL file; a line that is not a JSON object raises, or with `bad` given is
+    skipped and its one-line reason appended there."""
     records = []
     for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
         if not line.strip():
             continue
-        obj = _loads(line, f"{path}:{lineno}", "; fix or remove that line")
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+        try:
+            obj = _loads(line, f"{path}:{lineno}", "; fix or remove that line")
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+        except UserError as e:
+            if bad is None:
+                raise
+            bad.append(str(e))
+            continue
         records.append(Record(obj, f"{path}:{lineno}"))
     return records
 
@@ -106,15 +114,17 @@ def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
     return [Record(dict(row), f"{path}[{i}]") for i, row in enumerate(ds)]
 
 
-def read_records(source: str, split: str = "train") -> list[Record]:
+def read_records(source: str, split: str = "train", bad: list[str] | None = None) -> list[Record]:
+    """Every record of `source`. `bad`: where unreadable JSONL lines go (one reason each) instead of
+    stopping the read; a whole file that cannot be read always stops it."""
     path = Path(source)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            return _read_jsonl(path)
+            return _read_jsonl(path, bad)
         if suffix == ".json":
             # Many users name JSONL files .json: a whole-file JSON document wins, else lines.
-            return _read_json(path) if _is_json_document(path) else _read_jsonl(path)
+            return _read_json(path) if _is_json_document(path) else _read_jsonl(path, bad)
         if suffix == ".parquet":
             return _read_with_datasets("parquet", str(path), split)
         if suffix == ".csv":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.config import Config
-from tuneforge.data.dataset import encode_split, load_splits
+from tuneforge.data.dataset import account_for, encode_split, load_splits
 from tuneforge.errors import UserError
 from tuneforge.run_dir import RunDir
 from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
@@ -23,13 +23,12 @@ class SFT(RecipeBase):
         splits = load_splits(cfg.data, cfg.seed)
         train = encode_split(splits.train, s.tokenizer, cfg.data)
         val = encode_split(splits.val, s.tokenizer, cfg.data)
+        account = account_for(splits, train, val)
         if not train.encoded:
-            raise UserError(f"data.train: no usable examples in {cfg.data.train} "
-                            f"({train.dropped} dropped as too long, {train.no_target} without answer tokens); "
+            raise UserError(f"data.train: no usable examples in {cfg.data.train} ({account.line()}); "
                             "raise data.max_length or check the data")
-        s.log(f"data: {len(train.encoded)} train / {len(val.encoded)} validation examples, "
-              f"{train.truncated + val.truncated} truncated, {train.dropped + val.dropped} dropped (max_length "
-              f"{cfg.data.max_length})")
+        s.log(f"data: {account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+        account.check(cfg.data.max_lost)
         s.start()
         s.prepare(train.encoded)
 
@@ -45,7 +44,8 @@ class SFT(RecipeBase):
             s.save_artifact()
         summary = s.summary(result) | {
             "train_examples": len(train.encoded), "val_examples": len(val.encoded),
-            "truncated_examples": train.truncated + val.truncated, "dropped_examples": train.dropped + val.dropped}
+            "truncated_examples": train.truncated + val.truncated, "dropped_examples": account.lost,
+            "data": account.as_dict()}
         if s.is_main and cfg.eval.before_after:
             s.log("evaluating the tuned model...")
             after = evaluate()
