@@ -142,3 +142,17 @@ def test_a_run_reports_its_account_and_refuses_heavy_loss(tmp_path, tiny_llama, 
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("error: data.train: 3 of 43 records (7.0%) would be lost")
     assert not (tmp_path / "run2").exists()  # stopped before the run folder was made
+
+
+def test_data_inspect_accounts_plots_and_shows_the_loss_mask(tmp_path, tiny_llama, capsys):
+    rows = [{"instruction": f"Say {i}.", "output": f"answer {i}"} for i in range(10)]
+    data = _file(tmp_path, [{"instruction": LONG, "output": "kept answer"}, *rows])
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, data, tmp_path / "run",
+                       data={"max_length": 64, "on_bad_record": "skip", "max_lost": 0.5})
+    png = tmp_path / "lengths.png"
+    code, out, err = run_cli(["data", "inspect", cfg, "--plot", png, "--show", "1"], capsys)
+    assert code == 0, err
+    assert "data: 12 read: 10 train / 1 validation (1 truncated); lost 1 malformed or empty" in out
+    assert f"{data}:1: truncated to" in out and f"{data}:12: malformed or empty: not valid JSON" in out
+    assert "answer tokens: min" in out and "training example 1" in out
+    assert png.stat().st_size > 1000 and not (tmp_path / "run").exists()  # inspecting trains nothing

@@ -356,6 +356,44 @@ def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000)
     print(f"wrote {train_path} and {val_path}")
 
 
+@data_app.command("inspect")
+def data_inspect(ctx: typer.Context, config: Path = typer.Argument(..., help="a training config"),
+                 show: int = typer.Option(3, min=0, help="rendered training examples to print, trained tokens highlighted"),
+                 plot: Optional[Path] = typer.Option(None, help="token-length histogram PNG "
+                                                     "(default: next to the run folder, OUTPUT_DIR-data.png)"),
+                 notes: int = typer.Option(20, min=0, help="truncated or lost records to list")):
+    """What a run of CONFIG would train on, without training: every record read accounted for (kept,
+    truncated, lost and why), prompt and answer token lengths, and examples with their loss mask."""
+    from rich.console import Console
+
+    from tuneforge.config import load_config
+    from tuneforge.data.inspect import highlighted, inspect_data, percentiles, plot_lengths
+    from tuneforge.data.render import setup_chat_template
+    from tuneforge.models.load import load_tokenizer, resolve_model_path
+
+    cfg = load_config(config, [])
+    if cfg.data is None:
+        raise UserError(f"{config}: no data section to inspect")
+    path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(path, _policy(ctx))
+    setup_chat_template(tokenizer, cfg.data.chat_template, path)
+    result = inspect_data(cfg.data, tokenizer, cfg.seed, show)
+    console = Console(highlight=False, soft_wrap=True)  # long lines stay whole (paths, file:line)
+    console.print(f"data: {result.account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+    console.print(f"prompt tokens: {percentiles(result.prompt_lengths)}")
+    console.print(f"answer tokens: {percentiles(result.answer_lengths)} (trained)")
+    for where, what in result.notes[:notes]:
+        console.print(f"  {where}: {what}")
+    if len(result.notes) > notes:
+        console.print(f"  ... and {len(result.notes) - notes} more")
+    out = plot or Path(f"{Path(cfg.output_dir)}-data.png")
+    console.print(f"length histogram: {plot_lengths(result, cfg.data.max_length, out)}")
+    for k, enc in enumerate(result.shown):
+        console.rule(f"training example {k + 1} ({len(enc.ids)} tokens, {enc.n_targets} trained, highlighted)")
+        console.print(highlighted(enc, tokenizer))
+    result.account.check(cfg.data.max_lost)
+
+
 @data_app.command("calibration")
 def data_calibration(out: Path = typer.Argument(...),
                      train: str = typer.Option("arithmetic", help="question sources mixed into questions.jsonl: "

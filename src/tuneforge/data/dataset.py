@@ -18,6 +18,7 @@ class Splits:
     train: list[Example]
     val: list[Example]
     account: DataAccount = field(default_factory=DataAccount)  # what reading lost (encoding adds the rest)
+    bad: list[str] = field(default_factory=list)  # why each malformed record was left out (on_bad_record: skip)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class EncodedSplit:
     dropped: int = 0  # too long, under truncation: drop
     cut_before_answer: int = 0  # truncation left no trained token
     no_answer: int = 0  # no trained token even whole
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (where, what happened) for each one not kept whole
 
     @property
     def no_target(self) -> int:
@@ -44,17 +46,18 @@ def hold_out(items: list, ratio: float, seed: int) -> tuple[list, list]:
     return [items[i] for i in sorted(order[n_val:])], [items[i] for i in order[:n_val]]
 
 
-def _examples(source: str, cfg: DataConfig, key: str, account: DataAccount) -> list[Example]:
-    """The examples of one source; malformed records stop the run, or are counted and skipped."""
-    bad: list[str] | None = [] if cfg.on_bad_record == "skip" else None
-    records = read_records(source, cfg.split, bad)
-    if not records and not bad:
+def _examples(source: str, cfg: DataConfig, key: str, account: DataAccount, bad: list[str]) -> list[Example]:
+    """The examples of one source; malformed records stop the run, or are counted, skipped and their
+    reasons appended to `bad`."""
+    skip = bad if cfg.on_bad_record == "skip" else None
+    start = len(bad)
+    records = read_records(source, cfg.split, skip)
+    if not records and len(bad) == start:
         raise UserError(f"data.{key}: {source} has no records; check the file or the split name")
-    account.read += len(records) + len(bad or [])  # unreadable lines count as read (and as bad)
-    examples = to_examples(records, cfg.format, cfg.system_prompt, bad)
-    for reason in bad or []:
-        account.bad += 1
-        account.first_bad = account.first_bad or reason
+    account.read += len(records) + len(bad) - start  # unreadable lines count as read (and as bad)
+    examples = to_examples(records, cfg.format, cfg.system_prompt, skip)
+    account.bad += len(bad) - start
+    account.first_bad = account.first_bad or (bad[start] if len(bad) > start else None)
     return examples
 
 
@@ -70,10 +73,10 @@ def _without_duplicates(examples: list[Example], seen: set) -> tuple[list[Exampl
 
 
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    account = DataAccount()
-    train = _examples(cfg.train, cfg, "train", account)
+    account, bad = DataAccount(), []
+    train = _examples(cfg.train, cfg, "train", account, bad)
     if cfg.validation:
-        val = _examples(cfg.validation, cfg, "validation", account)
+        val = _examples(cfg.validation, cfg, "validation", account, bad)
     else:
         val = []
     if cfg.drop_duplicates:  # before the hold-out, and validation first: no copy of a validation example trains
@@ -88,7 +91,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         train = train[: cfg.max_examples]
     if not train:
         raise UserError(f"data.train: no usable records in {cfg.train} ({account.line()})")
-    return Splits(train, val, account)
+    return Splits(train, val, account, bad)
 
 
 def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> EncodedSplit:
@@ -97,13 +100,18 @@ def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> Encoded
         enc = encode(ex, tokenizer, cfg.max_length, cfg.truncation, cfg.train_on_prompt)
         if enc is None:
             out.dropped += 1
+            out.notes.append((ex.where, "too long: dropped"))
             continue
         if enc.n_targets == 0:  # nothing to learn from it
             if enc.truncated:
                 out.cut_before_answer += 1
+                out.notes.append((ex.where, "cut before its answer: dropped"))
             else:
                 out.no_answer += 1
+                out.notes.append((ex.where, "no answer tokens: dropped"))
             continue
+        if enc.truncated:
+            out.notes.append((ex.where, f"truncated to {len(enc.ids)} tokens"))
         out.truncated += enc.truncated
         out.examples.append(ex)
         out.encoded.append(enc)
