@@ -86,6 +86,14 @@ def row_length(lengths: list[int], cfg: TrainConfig) -> int:
     return min(max(lengths), cfg.pack_length or max(lengths))
 
 
+def planned_steps(train: list[Encoded], cfg: TrainConfig, world: int = 1) -> int:
+    """About the optimizer steps a fresh run of `train` takes (the packing plan, and so the count, varies
+    a little with the seed)."""
+    lengths = [len(e.ids) for e in train]
+    plan = plan_micro_batches(lengths, cfg.batch_tokens, row_length(lengths, cfg), cfg.packing, seed=0)
+    return cfg.max_steps or math.ceil(cfg.epochs * max(1, len(plan) // (cfg.grad_accum * world)))
+
+
 @torch.inference_mode()
 @torch.compiler.set_stance("force_eager")  # compiled blocks would recompile for inference mode
 def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainConfig, pad_id: int,

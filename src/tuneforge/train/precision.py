@@ -22,6 +22,31 @@ def cpu_has_fast_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def machine_line(device: torch.device) -> str:
+    """What this run found: the device, its cores or name, and whether it runs bf16 natively."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        native = torch.cuda.is_bf16_supported()
+        return f"machine: {name}, bf16 {'native' if native else 'not native'}"
+    import os
+
+    native = cpu_has_fast_bf16()
+    return (f"machine: {cpu_name()}, {os.cpu_count()} cores ({torch.get_num_threads()} threads), bf16 "
+            + ("native (AMX or AVX512-BF16)" if native else "not native (no AMX or AVX512-BF16): training runs in fp32"))
+
+
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if setting == "fp32":

@@ -36,9 +36,9 @@ from tuneforge.report import plot_loss, write_report
 from tuneforge.run_dir import ADAPTER, MODEL, RunDir
 from tuneforge.runs import check_run_dir, create_run_dir
 from tuneforge.train.distributed import launcher_rank, make_accelerator
-from tuneforge.train.levers import choose_attention, compile_blocks, peak_memory_gb, should_compile
-from tuneforge.train.loop import LoopResult, train_loop
-from tuneforge.train.precision import resolve_precision
+from tuneforge.train.levers import choose_attention, compile_blocks, compile_choice, peak_memory_gb
+from tuneforge.train.loop import LoopResult, planned_steps, train_loop
+from tuneforge.train.precision import machine_line, resolve_precision
 
 
 def say(msg: str) -> None:
@@ -109,14 +109,19 @@ class Session:
         self.device = self.accelerator.device
         self.amp = resolve_precision(cfg.train.precision, self.device)
         self.model.to(self.device)
-        self.model.set_attn_implementation(choose_attention(cfg.train.attention, self.device,
-                                                            max(len(e.ids) for e in train)))
+        self.log(machine_line(self.device))
+        longest = max(len(e.ids) for e in train)
+        attention = choose_attention(cfg.train.attention, self.device, longest)
+        self.model.set_attn_implementation(attention)
         if self.amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
             # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
             # in the compute dtype halves its memory and spares autocast a weight cast every forward.
             self.model.to(self.amp)
-        self.log(f"model: {self.model_path} on {self.device}, compute "
-                 f"{'bf16 autocast' if self.amp else 'fp32'}, method {cfg.method.name}")
+        why_attention = (f"train.attention: {cfg.train.attention}" if cfg.train.attention != "auto" else
+                         f"auto: eager on CPU for examples up to 256 tokens, else sdpa; longest {longest}")
+        self.log(f"model: {self.model_path} on {self.device}, compute {'bf16 autocast' if self.amp else 'fp32'} "
+                 f"(train.precision: {cfg.train.precision}), {attention} attention ({why_attention}), "
+                 f"method {cfg.method.name}")
 
     def evaluate_once(self, evaluate: Callable[[], dict], what: str) -> dict | None:
         """The starting model's scores, computed once and kept in the run folder (a resumed run has
@@ -143,8 +148,10 @@ class Session:
             # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.trainable, self.total = count_parameters(model)
-        if should_compile(cfg.train.compile, self.device, self.total):
-            self.log("compiling the decoder blocks (torch.compile; the first steps pay for it)")
+        compiling, why = compile_choice(cfg.train.compile, self.device, self.total,
+                                        planned_steps(train, cfg.train, self.accelerator.num_processes))
+        self.log(f"compile {why}")
+        if compiling:
             compile_blocks(model)
         self.log(f"trainable parameters: {self.trainable:,} of {self.total:,} "
                  f"({100 * self.trainable / self.total:.2f}%)")
