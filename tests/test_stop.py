@@ -115,3 +115,66 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tiny_llama, d
 def test_resume_command_replaces_overwrite_with_resume():
     assert resume_command(["train", "my config.yaml", "--overwrite"]) == "tuneforge train 'my config.yaml' --resume"
     assert resume_command(["train", "c.yaml", "--resume"]) == "tuneforge train c.yaml --resume"
+
+
+# Serves with every generation taking 3 s longer, so a request is surely in flight when the signal comes.
+SLOW_SERVE_MAIN = """
+import time
+import tuneforge.serve.models as models
+from tuneforge.cli import main
+
+generate = models.ServedModels.generate_detailed
+def slow(self, *a, **k):
+    time.sleep(3)
+    return generate(self, *a, **k)
+models.ServedModels.generate_detailed = slow
+main()
+"""
+
+
+def test_the_server_finishes_requests_in_flight_on_sigterm(tiny_llama, tmp_path):
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "slow_serve.py"
+    script.write_text(SLOW_SERVE_MAIN)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([sys.executable, str(script), "serve", "--base", str(tiny_llama), "--port", str(port),
+                             "--serve-dir", str(tmp_path / "serve")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "the server did not start"
+                time.sleep(0.2)
+        done = {}
+
+        def ask():
+            body = json.dumps({"model": "base", "prompt": "Hello", "max_tokens": 4}).encode()
+            req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                done["status"], done["body"], done["at"] = r.status, json.loads(r.read()), time.time()
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(1.0)  # the request is in its 3-second generation
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        asking.join(60)
+        assert done.get("status") == 200 and done["at"] > signalled, done
+        assert done["body"]["choices"][0]["text"] is not None
+        # then it exits: uvicorn re-raises the signal it caught once drained, so the status says SIGTERM
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

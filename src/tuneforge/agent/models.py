@@ -62,7 +62,7 @@ class RoleModels:
 
     def __init__(self, run: Path, system: str = THREE_ROLES, max_new_tokens: int = 96, batch_size: int = 64,
                  policy: LoadPolicy = SAFE, precision: str = "auto", fold_adapters: bool = True,
-                 prefix_cache_gb: float = 4.0):
+                 prefix_cache_gb: float = 2.0):
         """`system`: "three roles", or the name of a single-model baseline of the run (see `systems`).
         `precision`: "auto" generates with bf16 weights where the hardware runs bf16 natively (AMX,
         AVX512-BF16, CUDA; measured 2.5x faster than fp32 on agent prompts of ~800 tokens on a 2-core
@@ -73,7 +73,8 @@ class RoleModels:
         `batch_size`: prompts decoded together. Each decode step has a fixed cost besides reading the
         rows' keys and values, so larger batches pay: at 64, 32 tasks were evaluated in 207 s against
         253 s at 16 (2-core AMX CPU, three roles, step-wise and end to end).
-        `prefix_cache_gb`: per role, the keys and values of prompts already read are kept up to this
+        `prefix_cache_gb`: per role (2 GiB: at 4 the three roles' evaluation grew to 19 GB resident and
+        was killed on a 24 GB machine), the keys and values of prompts already read are kept up to this
         size and reused by later prompts that share their start (eval/prefix_cache.py); 0 turns it off."""
         layout = read_agent_layout(run)
         self.max_new_tokens = max_new_tokens

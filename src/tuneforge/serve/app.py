@@ -95,6 +95,9 @@ def create_app(models, serve_dir: Path, api_key: str | None = None, max_tokens_l
     return app
 
 
+DRAIN_S = 120  # the longest a stopping server waits for requests in flight (a CPU generation can take a minute)
+
+
 def serve(base: str | None, adapters: dict[str, Path], calibration: Path | None = None, host: str = "127.0.0.1",
           port: int = 8000, serve_dir: Path = Path("serve"), api_key: str | None = None,
           max_tokens_limit: int = 1024, max_prompt_tokens: int = 4096, max_batch: int = 8,
@@ -116,4 +119,6 @@ def serve(base: str | None, adapters: dict[str, Path], calibration: Path | None 
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {', '.join(models.names)} at http://{shown}:{port}/v1 "
           f"({'API key required' if key else 'no API key'}); state in {serve_dir}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # On SIGINT or SIGTERM (preemption, a rolling restart) uvicorn stops accepting connections and lets
+    # the requests in flight finish before the batcher closes; past DRAIN_S it stops anyway.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=DRAIN_S)
