@@ -156,3 +156,53 @@ def test_data_inspect_accounts_plots_and_shows_the_loss_mask(tmp_path, tiny_llam
     assert f"{data}:1: truncated to" in out and f"{data}:12: malformed or empty: not valid JSON" in out
     assert "answer tokens: min" in out and "training example 1" in out
     assert png.stat().st_size > 1000 and not (tmp_path / "run").exists()  # inspecting trains nothing
+
+
+# ---------------------------------------------------------------- mixtures
+
+
+def _sources(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"A{i}?", "output": f"a{i}"} for i in range(100)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"messages": [{"role": "user", "content": f"B{i}?"},
+                                                         {"role": "assistant", "content": f"b{i}"}]}
+                                           for i in range(50)])
+    return a, b
+
+
+def _mixed(tmp_path, tok, sources, **data):
+    cfg = DataConfig(train=sources, max_length=64, val_ratio=0.1, **data)
+    splits = load_splits(cfg, seed=0)
+    train, val = encode_split(splits.train, tok, cfg), encode_split(splits.val, tok, cfg)
+    return splits, train, account_for(splits, train, val)
+
+
+def test_mixture_weights_set_each_sources_share(tmp_path, tok):
+    a, b = _sources(tmp_path)
+    splits, train, acc = _mixed(tmp_path, tok, [{"path": str(a), "weight": 1}, {"path": str(b), "weight": 3}])
+    share_b = sum(ex.meta["source"] == str(b) for ex in splits.train) / len(splits.train)
+    assert share_b == pytest.approx(0.75, abs=0.01)
+    assert len(splits.train) == 90 + 45  # the mixture keeps the sources' total size
+    assert acc.sources[str(b)]["read"] == 50 and acc.sources[str(a)]["unsampled"] > 0
+    assert acc.repeats > 0 and acc.balanced(), acc.as_dict()
+    # the repeated example is encoded once: copies share the same token lists
+    assert len({id(e) for e in train.encoded}) == len(train.encoded) - train.repeats
+
+
+def test_mixture_epochs_repeat_or_subsample_each_source(tmp_path, tok):
+    a, b = _sources(tmp_path)
+    splits, _, acc = _mixed(tmp_path, tok, [{"path": str(a), "epochs": 0.5}, {"path": str(b), "epochs": 2}])
+    counts = {str(a): 0, str(b): 0}
+    for ex in splits.train:
+        counts[ex.meta["source"]] += 1
+    assert counts == {str(a): 45, str(b): 90}
+    assert acc.unsampled == 45 and acc.repeats == 45 and acc.balanced(), acc.as_dict()
+
+
+def test_a_mixture_is_for_sft_and_takes_one_rule(tmp_path):
+    from tuneforge.config import config_from_dict
+
+    src = [{"path": "a.jsonl", "weight": 1}]
+    with pytest.raises(UserError, match="recipe preference reads one file"):
+        config_from_dict({"recipe": "preference", "data": {"train": src}})
+    with pytest.raises(UserError, match="a weight, or none"):
+        config_from_dict({"data": {"train": [*src, {"path": "b.jsonl", "epochs": 2}]}})

@@ -380,6 +380,8 @@ def data_inspect(ctx: typer.Context, config: Path = typer.Argument(..., help="a 
     result = inspect_data(cfg.data, tokenizer, cfg.seed, show)
     console = Console(highlight=False, soft_wrap=True)  # long lines stay whole (paths, file:line)
     console.print(f"data: {result.account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+    for line in result.account.source_lines():
+        console.print(line)
     console.print(f"prompt tokens: {percentiles(result.prompt_lengths)}")
     console.print(f"answer tokens: {percentiles(result.answer_lengths)} (trained)")
     for where, what in result.notes[:notes]:

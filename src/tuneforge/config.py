@@ -99,8 +99,27 @@ MethodConfig = Annotated[
 # ---------------------------------------------------------------- sections
 
 
+class MixSource(Strict):
+    """One source of a mixture (`data.train` as a list)."""
+    path: str = Field(..., description="JSONL/JSON/Parquet/CSV file, a saved `datasets` folder, or a hub dataset id")
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = "auto"
+    split: str = "train"
+    weight: float | None = Field(None, gt=0, description="sampling probability (weights are normalised): the "
+                                                         "mixture keeps the total size, each source its share")
+    epochs: float | None = Field(None, gt=0, description="passes over this source per epoch: 2 repeats each "
+                                                         "example twice, 0.5 takes a seeded half")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "MixSource":
+        if self.weight is not None and self.epochs is not None:
+            raise ValueError("give a source either weight or epochs, not both")
+        return self
+
+
 class DataConfig(Strict):
-    train: str = Field(..., description="JSONL/JSON/Parquet/CSV file, a saved `datasets` folder, or a hub dataset id")
+    train: str | list[MixSource] = Field(
+        ..., description="JSONL/JSON/Parquet/CSV file, a saved `datasets` folder, or a hub dataset id; or a list "
+                         "of sources ({path, format, weight or epochs}) mixed together (recipe sft)")
     validation: str | None = None
     val_ratio: float = Field(0.1, ge=0, lt=1, description="held-out share of `train` when no `validation` is given")
     split: str = "train"
@@ -324,6 +343,13 @@ class Config(Strict):
         for where, stage in stages.items():
             if stage.keep_best and not (stage.eval_every or self.train.eval_every):
                 raise ValueError(f"{where}.keep_best needs eval_every (in the stage or in train)")
+        if self.data is not None and not isinstance(self.data.train, str):
+            if self.recipe != "sft":
+                raise ValueError(f"data.train: recipe {self.recipe} reads one file; a list of sources (a mixture) "
+                                 "is for recipe sft")
+            rules = {src.weight is not None for src in self.data.train}
+            if len(rules) > 1:
+                raise ValueError("data.train: give every source a weight, or none (then epochs or 1 pass each)")
         # Which methods a recipe accepts is decided by the method registry and the recipe
         # (models/methods.py, recipes/*: check), before anything loads.
         return self

@@ -16,6 +16,7 @@ LOST = {
     "bad": ("malformed or empty", "fix those records (the first is named below)"),
     "duplicates": ("duplicates", "set data.drop_duplicates: false to keep them"),
     "beyond_max_examples": ("beyond data.max_examples", "raise or remove data.max_examples"),
+    "unsampled": ("left out by the mixture", "raise that source's weight or epochs"),
     "too_long": ("too long (truncation: drop)", "raise data.max_length or set data.truncation: prompt"),
     "cut_before_answer": ("cut before their answer", "raise data.max_length or set data.truncation: prompt"),
     "no_answer": ("without answer tokens", "check that each record has a non-empty answer"),
@@ -28,13 +29,16 @@ class DataAccount:
     train: int = 0  # kept for training
     validation: int = 0  # kept for validation
     truncated: int = 0  # of the kept, how many were shortened to data.max_length
+    repeats: int = 0  # of the kept, extra copies a mixture made (weight or epochs above one pass)
     bad: int = 0
     duplicates: int = 0
     beyond_max_examples: int = 0
+    unsampled: int = 0
     too_long: int = 0
     cut_before_answer: int = 0
     no_answer: int = 0
     first_bad: str | None = None  # the first malformed record's error, for the user to find it
+    sources: dict[str, dict] | None = None  # a mixture's sources: read, bad, unsampled, train, validation each
 
     @classmethod
     def from_dict(cls, saved: dict) -> DataAccount:
@@ -43,7 +47,8 @@ class DataAccount:
 
     @property
     def kept(self) -> int:
-        return self.train + self.validation
+        """Records kept (a repeated record once)."""
+        return self.train + self.validation - self.repeats
 
     @property
     def lost(self) -> int:
@@ -55,9 +60,16 @@ class DataAccount:
 
     def line(self) -> str:
         """One console line: `N read: T train / V validation (K truncated); L lost: ...`."""
-        head = f"{self.read} read: {self.train} train / {self.validation} validation ({self.truncated} truncated)"
+        repeats = f", {self.repeats} repeats" if self.repeats else ""
+        head = (f"{self.read} read: {self.train} train / {self.validation} validation "
+                f"({self.truncated} truncated{repeats})")
         lost = [f"{getattr(self, k)} {label}" for k, (label, _) in LOST.items() if getattr(self, k)]
         return head + ("; lost " + ", ".join(lost) if lost else "; none lost")
+
+    def source_lines(self) -> list[str]:
+        """One line per source of a mixture (train counts include the mixture's repeats)."""
+        return [f"  {name}: {c['read']} read, {c['bad']} malformed or empty, {c['unsampled']} left out by the "
+                f"mixture -> {c['train']} train / {c['validation']} validation" for name, c in (self.sources or {}).items()]
 
     def as_dict(self) -> dict:
         out = asdict(self)

@@ -29,6 +29,7 @@ class EncodedSplit:
     dropped: int = 0  # too long, under truncation: drop
     cut_before_answer: int = 0  # truncation left no trained token
     no_answer: int = 0  # no trained token even whole
+    repeats: int = 0  # kept copies of an example kept before (a mixture's repeats): encoded once, counted once
     notes: list[tuple[str, str]] = field(default_factory=list)  # (where, what happened) for each one not kept whole
 
     @property
@@ -72,8 +73,66 @@ def _without_duplicates(examples: list[Example], seen: set) -> tuple[list[Exampl
     return kept, len(examples) - len(kept)
 
 
+def _take(items: list, n: int, rng: random.Random) -> list:
+    """`n` items: whole passes over `items`, then a seeded sample of the rest without repeats."""
+    passes, rest = divmod(n, len(items)) if items else (0, 0)
+    return items * passes + rng.sample(items, rest)
+
+
+def _mixture(cfg: DataConfig, seed: int, account: DataAccount, bad: list[str]) -> tuple[list[Example], list[Example]]:
+    """(train, validation) of a mixture: each source read with its own format, held out on its own
+    (so validation follows the sources' natural shares), then its training examples taken by weight
+    (the mixture keeps the sources' total size) or by epochs (passes over the source)."""
+    rng = random.Random(seed)
+    account.sources = {}
+    parts = []
+    for k, src in enumerate(cfg.train):
+        own = cfg.model_copy(update={"format": src.format, "split": src.split})
+        read, n_bad = account.read, account.bad
+        examples = _examples(src.path, own, f"train[{k}]", account, bad)
+        for ex in examples:
+            ex.meta["source"] = src.path
+        account.sources[src.path] = {"read": account.read - read, "bad": account.bad - n_bad,
+                                     "unsampled": 0, "train": 0, "validation": 0}
+        parts.append(examples)
+    if cfg.drop_duplicates:
+        seen: set = set()
+        for k, examples in enumerate(parts):
+            parts[k], dropped = _without_duplicates(examples, seen)
+            account.duplicates += dropped
+    if cfg.validation:
+        read, n_bad = account.read, account.bad
+        val = _examples(cfg.validation, cfg, "validation", account, bad)
+        for ex in val:
+            ex.meta["source"] = cfg.validation
+        account.sources[cfg.validation] = {"read": account.read - read, "bad": account.bad - n_bad,
+                                           "unsampled": 0, "train": 0, "validation": 0}
+        held = parts
+    else:
+        held, val = [], []
+        for k, examples in enumerate(parts):
+            tr, va = hold_out(examples, cfg.val_ratio, seed + k)
+            held.append(tr)
+            val += va
+    weights = [src.weight for src in cfg.train]
+    total = sum(len(p) for p in held)
+    train = []
+    for src, examples in zip(cfg.train, held):
+        n = round(src.weight / sum(weights) * total) if src.weight is not None else round((src.epochs or 1) * len(examples))
+        taken = _take(examples, n, rng)
+        unsampled = len(examples) - len({id(ex) for ex in taken})
+        account.unsampled += unsampled
+        account.sources[src.path]["unsampled"] = unsampled
+        train += taken
+    rng.shuffle(train)  # sources interleave in file order too (max_examples takes a mixed head)
+    return train, val
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     account, bad = DataAccount(), []
+    if not isinstance(cfg.train, str):
+        train, val = _mixture(cfg, seed, account, bad)
+        return _finish(cfg, train, val, account, bad)
     train = _examples(cfg.train, cfg, "train", account, bad)
     if cfg.validation:
         val = _examples(cfg.validation, cfg, "validation", account, bad)
@@ -86,8 +145,14 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
         account.duplicates = in_val + in_train
     if not cfg.validation:
         train, val = hold_out(train, cfg.val_ratio, seed)
+    return _finish(cfg, train, val, account, bad)
+
+
+def _finish(cfg: DataConfig, train: list[Example], val: list[Example], account: DataAccount, bad: list[str]
+            ) -> Splits:
     if cfg.max_examples and len(train) > cfg.max_examples:
-        account.beyond_max_examples = len(train) - cfg.max_examples
+        # counted once per example: a mixture's repeated example may be both kept and cut
+        account.beyond_max_examples = len({id(ex) for ex in train}) - len({id(ex) for ex in train[: cfg.max_examples]})
         train = train[: cfg.max_examples]
     if not train:
         raise UserError(f"data.train: no usable records in {cfg.train} ({account.line()})")
@@ -96,8 +161,16 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
 
 def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> EncodedSplit:
     out = EncodedSplit()
+    done: dict[int, Encoded | None] = {}  # a mixture repeats the same Example object: encode and count it once
     for ex in examples:
+        if id(ex) in done:
+            if done[id(ex)] is not None:
+                out.repeats += 1
+                out.examples.append(ex)
+                out.encoded.append(done[id(ex)])
+            continue
         enc = encode(ex, tokenizer, cfg.max_length, cfg.truncation, cfg.train_on_prompt)
+        done[id(ex)] = None
         if enc is None:
             out.dropped += 1
             out.notes.append((ex.where, "too long: dropped"))
@@ -115,6 +188,7 @@ def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> Encoded
         out.truncated += enc.truncated
         out.examples.append(ex)
         out.encoded.append(enc)
+        done[id(ex)] = enc
     return out
 
 
@@ -126,4 +200,9 @@ def account_for(splits: Splits, train: EncodedSplit, val: EncodedSplit) -> DataA
     account.too_long = train.dropped + val.dropped
     account.cut_before_answer = train.cut_before_answer + val.cut_before_answer
     account.no_answer = train.no_answer + val.no_answer
+    account.repeats = train.repeats + val.repeats
+    if account.sources is not None:
+        for name, split in (("train", train), ("validation", val)):
+            for ex in split.examples:
+                account.sources[ex.meta["source"]][name] += 1
     return account

@@ -28,6 +28,8 @@ class SFT(RecipeBase):
             raise UserError(f"data.train: no usable examples in {cfg.data.train} ({account.line()}); "
                             "raise data.max_length or check the data")
         s.log(f"data: {account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+        for line in account.source_lines():
+            s.log(line)
         account.check(cfg.data.max_lost)
         s.start()
         s.prepare(train.encoded)
