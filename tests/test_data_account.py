@@ -206,3 +206,14 @@ def test_a_mixture_is_for_sft_and_takes_one_rule(tmp_path):
         config_from_dict({"recipe": "preference", "data": {"train": src}})
     with pytest.raises(UserError, match="a weight, or none"):
         config_from_dict({"data": {"train": [*src, {"path": "b.jsonl", "epochs": 2}]}})
+
+
+def test_a_mixture_trains_and_reports_per_source(tmp_path, tiny_llama, capsys):
+    a, b = _sources(tmp_path)
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, a, tmp_path / "run", eval={"before_after": False},
+                       data={"train": [{"path": str(a), "weight": 1}, {"path": str(b), "weight": 1}], "max_length": 64})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "run" / "report.json").read_text())["data"]
+    assert set(data["sources"]) == {str(a), str(b)} and DataAccount.from_dict(data).balanced()
+    assert f"  {b}: 50 read" in out + err

@@ -136,7 +136,8 @@ class DataConfig(Strict):
         "error", description="a malformed or empty record stops the run (error) or is counted and left out (skip)")
     drop_duplicates: bool = Field(False, description="leave out exact repeats of an earlier example (counted)")
     max_lost: float = Field(0.01, ge=0, le=1, description="stop before training when more than this share of the "
-                                                           "records read would be lost (bad, too long, no answer...)")
+                                                           "records read would be lost unasked (bad, too long, no "
+                                                           "answer; not duplicates, max_examples or mixture weights)")
 
 
 class TrainConfig(Strict):
@@ -465,13 +466,21 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return resolve_paths(cfg, path.parent)
 
 
+def _resolved(value: str, base: Path) -> str:
+    """A relative path that exists next to the config, made absolute; anything else as it is."""
+    return str((base / value).resolve()) if value and not Path(value).is_absolute() and (base / value).exists() else value
+
+
 def resolve_paths(cfg: Config, base: Path) -> Config:
+    if cfg.data is not None and not isinstance(cfg.data.train, str):
+        for src in cfg.data.train:
+            src.path = _resolved(src.path, base)
     for section, field in (("data", "train"), ("data", "validation"), ("calibration", "shift")):
         if getattr(cfg, section) is None:
             continue
         value = getattr(getattr(cfg, section), field)
-        if value and not Path(value).is_absolute() and (base / value).exists():
-            setattr(getattr(cfg, section), field, str((base / value).resolve()))
+        if isinstance(value, str):
+            setattr(getattr(cfg, section), field, _resolved(value, base))
     for suite in cfg.suites:
         for field in ("data", "shots_from"):
             value = getattr(suite, field)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from tuneforge.errors import UserError
 
 # Lost categories, in the order they are shown, with what the user can change about each.
+# Losses the config asked for (duplicates dropped, max_examples, a mixture's weights) are counted but
+# do not count against data.max_lost; the others are surprises.
 LOST = {
     "bad": ("malformed or empty", "fix those records (the first is named below)"),
     "duplicates": ("duplicates", "set data.drop_duplicates: false to keep them"),
@@ -21,6 +23,8 @@ LOST = {
     "cut_before_answer": ("cut before their answer", "raise data.max_length or set data.truncation: prompt"),
     "no_answer": ("without answer tokens", "check that each record has a non-empty answer"),
 }
+
+CHOSEN = {"duplicates", "beyond_max_examples", "unsampled"}
 
 
 @dataclass
@@ -54,6 +58,11 @@ class DataAccount:
     def lost(self) -> int:
         return sum(getattr(self, k) for k in LOST)
 
+    @property
+    def unintended(self) -> int:
+        """Lost without the config asking for it."""
+        return sum(getattr(self, k) for k in LOST if k not in CHOSEN)
+
     def balanced(self) -> bool:
         """Every record read is in exactly one category."""
         return self.kept + self.lost == self.read
@@ -77,12 +86,13 @@ class DataAccount:
         return out
 
     def check(self, max_lost: float, where: str = "data.train") -> None:
-        """Stop when more than `max_lost` of the records read were lost: one line with the counts and the fix."""
-        if not self.read or self.lost / self.read <= max_lost:
+        """Stop when more than `max_lost` of the records read were lost without the config asking for it:
+        one line with the counts and the fix."""
+        if not self.read or self.unintended / self.read <= max_lost:
             return
-        worst = max(LOST, key=lambda k: getattr(self, k))
+        worst = max((k for k in LOST if k not in CHOSEN), key=lambda k: getattr(self, k))
         label, fix = LOST[worst]
         first = f"; first: {self.first_bad}" if worst == "bad" and self.first_bad else ""
-        raise UserError(f"{where}: {self.lost} of {self.read} records ({self.lost / self.read:.1%}) would be lost, "
+        raise UserError(f"{where}: {self.unintended} of {self.read} records ({self.unintended / self.read:.1%}) would be lost, "
                         f"more than data.max_lost {max_lost:.1%} ({self.line()}); most are {label}: {fix}, "
                         f"or raise data.max_lost{first}")
