@@ -148,6 +148,9 @@ class TrainConfig(Strict):
 
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="seconds for the training steps: after step 3 the run measures its pace and, if "
+                                "the planned steps would not fit, trains fewer with the schedule shortened to match")
     batch_tokens: int = Field(4096, ge=16, description="tokens per micro-batch (packed rows)")
     grad_accum: int = Field(1, ge=1)
     packing: bool = True

@@ -14,6 +14,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
                              num_training_steps=total_steps, scheduler_specific_kwargs={"min_lr_rate": cfg.min_lr_ratio})
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.schedule]
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+BUDGET_PROBE_STEP = 3  # a time budget is checked after this step, from the pace of steps 2 to 3
+
+
+def steps_within(budget_s: float, elapsed_s: float, step_times: list[float], done: int, total: int) -> int:
+    """How many steps in all fit in `budget_s`, `elapsed_s` already spent, at the mean of `step_times`."""
+    pace = sum(step_times) / max(len(step_times), 1)
+    return max(done, min(total, done + int(max(0.0, budget_s - elapsed_s) // max(pace, 1e-9))))
 
 
 def _agreed_stop(signum: int | None, accelerator) -> int | None:
@@ -150,7 +160,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
 
     plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
     steps_per_epoch = max(1, len(plan) // micro_per_step)
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    # A run whose schedule a time budget shortened keeps that length when resumed.
+    total_steps = saved.get("total_steps") or cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     loss_model = loss_model if loss_model is not None else TargetLoss(model)
     extra_fields = tuple(getattr(loss_model, "extra_fields", ()))
@@ -165,7 +176,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         loss_model, optimizer = accelerator.prepare(loss_model, optimizer)  # DDP or DeepSpeed when launched so
 
     progress = {"step": 0, "epoch": 0, "micro_index": 0, "best_val_loss": None, "bad_evals": 0, "tokens": 0,
-                "nonfinite_skips": 0, "micro_per_step": micro_per_step}
+                "nonfinite_skips": 0, "micro_per_step": micro_per_step, "total_steps": total_steps}
     if resume_from:
         progress |= load_checkpoint(resume_from, trainable, optimizer, scheduler, rank, world)
         say(f"resumed from {resume_from.name} (step {progress['step']}/{total_steps})")
@@ -211,6 +222,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         raise UserError(message)
 
     recent_losses: list[float] = []
+    step_seconds: list[float] = []  # this process's steps; the first pays for compiling and warm-up
+    loop_start = time.perf_counter()
     stopped_early = False
     train_seconds, train_tokens = 0.0, 0
     # Ctrl-C or SIGTERM (preemption, the UI's Stop) ends the step in flight, then checkpoints and stops.
@@ -268,7 +281,22 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
             tok_s = step_tokens / max(now - t_step, 1e-9)
             train_seconds += now - t_step
             train_tokens += step_tokens
+            step_seconds.append(now - t_step)
             step = progress["step"]
+            if cfg.time_budget_s and step == BUDGET_PROBE_STEP and not resume_from:
+                fitted = broadcast_object(steps_within(cfg.time_budget_s, time.perf_counter() - loop_start,
+                                                       step_seconds[1:], step, total_steps), accelerator)
+                if fitted < total_steps:
+                    note(f"time budget {cfg.time_budget_s:.0f} s: {total_steps} steps at "
+                         f"{sum(step_seconds[1:]) / len(step_seconds[1:]):.1f} s/step would not fit; training "
+                         f"{fitted} steps, the learning-rate schedule shortened to end there")
+                    total_steps = progress["total_steps"] = fitted
+                    scheduler = make_scheduler(optimizer, cfg, total_steps)
+                    with warnings.catch_warnings():  # "step() before optimizer.step()": catching up is the point
+                        warnings.simplefilter("ignore", UserWarning)
+                        for _ in range(step):  # the new schedule, caught up to this step
+                            scheduler.step()
+                    bar.total = total_steps
             if step % cfg.log_every == 0 or step == total_steps:
                 record({"step": step, "epoch": progress["epoch"], "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                         "grad_norm": grad_norm, "tokens": progress["tokens"], "tokens_per_s": tok_s,
