@@ -242,3 +242,65 @@ def test_preference_recipe_refuses_virtual_token_methods(tiny_llama, tmp_path, c
     code, _, err = run_cli(["train", cfg], capsys)
     assert code != 0 and "not supported by recipe: preference" in err
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- IPO, SimPO, ORPO
+
+
+def test_ipo_simpo_orpo_match_the_papers_formulas():
+    from tuneforge.train.losses.dpo import ipo_losses, orpo_losses, simpo_losses
+
+    torch.manual_seed(0)
+    pc, pr, rc, rr = (-torch.rand(5) * 20 for _ in range(4))
+    nc, nr = torch.tensor([3.0, 5, 7, 2, 9]), torch.tensor([4.0, 4, 6, 8, 1])
+    beta, gamma = 0.3, 0.7
+    for i in range(5):
+        # IPO (Azar et al. 2023, eq. 17): (log-ratio difference - 1/(2 tau))^2 with sequence log-probs
+        h = math.log(math.exp(pc[i]) * math.exp(rr[i]) / (math.exp(pr[i]) * math.exp(rc[i])))
+        assert ipo_losses(pc, pr, rc, rr, beta)[i].item() == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-5)
+        # SimPO (Meng et al. 2024, eq. 6): length-normalised rewards with a target margin gamma
+        margin = beta / nc[i] * pc[i] - beta / nr[i] * pr[i] - gamma
+        want = -math.log(1 / (1 + math.exp(-float(margin))))
+        assert simpo_losses(pc / nc, pr / nr, beta, gamma)[i].item() == pytest.approx(want, rel=1e-5)
+        # ORPO (Hong et al. 2024, eqs. 4-7): NLL of the chosen plus lambda * -log sigmoid(log odds ratio),
+        # odds(y) = P / (1 - P) with P the per-token geometric mean probability
+        p_c, p_r = math.exp(pc[i] / nc[i]), math.exp(pr[i] / nr[i])
+        ratio = math.log((p_c / (1 - p_c)) / (p_r / (1 - p_r)))
+        want = -math.log(p_c) + beta * -math.log(1 / (1 + math.exp(-ratio)))
+        assert orpo_losses(pc / nc, pr / nr, beta)[i].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_reference_free_losses_match_full_forwards_and_need_no_reference(tiny_llama, tok):
+    from tuneforge.train.losses.dpo import orpo_losses, simpo_losses
+
+    model = _lora(tiny_llama, perturb=True)
+    enc = _encoded(tok)
+    batch = collate([[0, 1, 2]], enc, tok.pad_token_id, DPOLoss.extra_fields)
+    means = []
+    for e in enc:  # per-token mean log p of each response, from plain full forwards
+        cut = e.restarts[0]
+        with torch.no_grad():
+            chosen, rejected = _manual_logps(model, e)
+        means.append((chosen / sum(e.masks["chosen_mask"][:cut][1:]), rejected / sum(e.masks["rejected_mask"][cut:][1:])))
+    mc, mr = (torch.tensor([float(m[k]) for m in means]) for k in (0, 1))
+    for kind, want in (("simpo", simpo_losses(mc, mr, 2.0, 0.5)), ("orpo", orpo_losses(mc, mr, 2.0))):
+        loss = DPOLoss(model, beta=2.0, kind=kind, gamma=0.5)
+        assert loss.reference == "none" and loss.frozen_reference is None
+        with torch.no_grad():
+            assert loss(**batch).item() == pytest.approx(float(want.sum()), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ipo", "simpo", "orpo"])
+def test_each_preference_loss_trains_end_to_end(tiny_llama, tmp_path, capsys, kind):
+    train = write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, train, tmp_path / "run", recipe="preference",
+                       train={"max_steps": 4, "lr": 1e-2, "eval_every": 4, "warmup_ratio": 0},
+                       data={"val_ratio": 0.25}, preference={"loss": kind}, eval={"max_examples": 50})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["preference_loss"] == kind and report["beta"] == (2.0 if kind == "simpo" else 0.1)
+    ev = report["preference_eval"]["train"]
+    assert ev["after"]["loss"] < ev["before"]["loss"]  # it learned the preference
+    assert ev["after"]["logp_margin"] > ev["before"]["logp_margin"]
+    assert report["reference"] == ("none" if kind in ("simpo", "orpo") else "adapter_disabled")

@@ -305,15 +305,27 @@ class SuiteConfig(Strict):
 
 
 class PreferenceConfig(Strict):
-    """Preference tuning (recipe: preference): DPO on prompt / chosen / rejected pairs."""
+    """Preference tuning (recipe: preference): DPO, IPO, SimPO or ORPO on prompt / chosen / rejected pairs."""
 
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may move from the reference")
-    loss: Literal["sigmoid"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo", "simpo", "orpo"] = Field(
+        "sigmoid", description="sigmoid = DPO; ipo; simpo and orpo need no reference model (train/losses/dpo.py)")
+    beta: float | None = Field(None, gt=0, description="DPO/IPO: how far the policy may move from the reference "
+                                                       "(default 0.1); SimPO: reward scale (default 2.0); ORPO: "
+                                                       "weight of the odds-ratio term (default 0.1)")
+    gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin")
     reference: Literal["auto", "adapter_disabled", "copy"] = Field(
         "auto", description="auto: the adapter switched off for adapter methods (no second model in memory), "
                             "a frozen copy for full/freeze")
     max_prompt_length: int = Field(512, ge=8, description="prompts are cut from the left to this many tokens")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO only: conservative DPO")
+
+    @model_validator(mode="after")
+    def _defaults_per_loss(self) -> "PreferenceConfig":
+        if self.beta is None:  # the papers' settings differ by an order of magnitude
+            object.__setattr__(self, "beta", 2.0 if self.loss == "simpo" else 0.1)
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError(f"preference.label_smoothing applies to loss sigmoid (DPO), not {self.loss}")
+        return self
 
 
 class Config(Strict):

@@ -54,15 +54,18 @@ class Preference(RecipeBase):
         before = {}
         if cfg.eval.before_after and cfg.eval.base:
             before = s.evaluate_once(lambda: {
-                name: evaluate_pairs(s.model, enc, cfg.train, pad_id, s.device, s.amp, beta=pref.beta)
+                name: evaluate_pairs(s.model, enc, cfg.train, pad_id, s.device, s.amp, beta=pref.beta,
+                                         kind=pref.loss, gamma=pref.gamma)
                 for name, enc in eval_sets.items() if enc}, "scoring the pairs with the starting model...") or {}
 
         result = s.fit(train.encoded, val.encoded,
-                       loss=lambda m: DPOLoss(m, pref.beta, pref.label_smoothing, pref.reference))
+                       loss=lambda m: DPOLoss(m, pref.beta, pref.label_smoothing, pref.reference, pref.loss,
+                                              pref.gamma))
         if s.is_main:
             s.save_artifact()
         summary = s.summary(result) | {
-            "beta": pref.beta, "label_smoothing": pref.label_smoothing, "reference": s.loss.reference,
+            "preference_loss": pref.loss, "beta": pref.beta, "gamma": pref.gamma if pref.loss == "simpo" else None,
+            "label_smoothing": pref.label_smoothing, "reference": s.loss.reference,
             "train_pairs": len(train.encoded), "val_pairs": len(val.encoded),
             "skipped_identical": splits.identical, "skipped_identical_where": splits.identical_where,
             "truncated_pairs": train.truncated + val.truncated}
@@ -80,7 +83,7 @@ class Preference(RecipeBase):
 
 ROWS = (("reward_accuracy", "reward accuracy (chosen reward > rejected)"),
         ("reward_margin", "mean reward margin"), ("chosen_reward", "mean chosen reward"),
-        ("rejected_reward", "mean rejected reward"), ("loss", "DPO loss"),
+        ("rejected_reward", "mean rejected reward"), ("loss", "loss"),
         ("logp_accuracy", "likelihood accuracy (log p chosen > rejected)"),
         ("logp_margin", "mean log p margin (chosen - rejected)"))
 
@@ -93,10 +96,12 @@ def _write_preference_report(run: Path, summary: dict) -> None:
              f"**truncated_pairs**: {summary['truncated_pairs']}",
              f"- **skipped_identical**: {summary['skipped_identical']}"
              + (f" (e.g. {', '.join(summary['skipped_identical_where'])})" if summary["skipped_identical"] else ""),
-             f"- **beta**: {summary['beta']}, **label_smoothing**: {summary['label_smoothing']}, "
-             f"**reference**: {summary['reference']}", "",
-             "The loss is the DPO loss per pair. Rewards are beta * (log p tuned - log p reference); before "
-             "training the model is its own reference, so its rewards are 0.", ""]
+             f"- **loss**: {summary.get('preference_loss', 'sigmoid')}, **beta**: {summary['beta']}, "
+             f"**label_smoothing**: {summary['label_smoothing']}, **reference**: {summary['reference']}", "",
+             ("The loss is the preference loss per pair. Rewards are beta * the mean log p per response token "
+              "(no reference model)." if summary.get("preference_loss") in ("simpo", "orpo") else
+              "The loss is the preference loss per pair. Rewards are beta * (log p tuned - log p reference); "
+              "before training the model is its own reference, so its rewards are 0."), ""]
     for name, ev in summary.get("preference_eval", {}).items():
         b, a = ev["before"] or {}, ev["after"]
         lines += [f"### {name} pairs ({a['pairs']})", "", "| metric | before | after |", "|---|---|---|"]
