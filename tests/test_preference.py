@@ -228,7 +228,7 @@ def test_preference_recipe_end_to_end(tiny_llama, tmp_path, capsys, method):
     assert ev["after"]["logp_margin"] > ev["before"]["logp_margin"]
     assert "val" in report["preference_eval"] and report["best_val_loss"] is not None
     md = (run / "report.md").read_text()
-    assert "reward accuracy" in md and "### train pairs (9)" in md
+    assert "reward accuracy" in md and "### train (9 pairs)" in md
     assert (run / "plots" / "loss.png").exists()
     artifact = run / ("adapter" if method == "lora" else "model")
     assert (artifact / ("adapter_config.json" if method == "lora" else "config.json")).exists()
@@ -304,3 +304,55 @@ def test_each_preference_loss_trains_end_to_end(tiny_llama, tmp_path, capsys, ki
     assert ev["after"]["loss"] < ev["before"]["loss"]  # it learned the preference
     assert ev["after"]["logp_margin"] > ev["before"]["logp_margin"]
     assert report["reference"] == ("none" if kind in ("simpo", "orpo") else "adapter_disabled")
+
+
+# ---------------------------------------------------------------- KTO
+
+
+def test_kto_loss_matches_the_papers_formula():
+    from tuneforge.train.losses.kto import kto_losses
+
+    torch.manual_seed(1)
+    pc, pk, rc, rk = (-torch.rand(6) * 10 for _ in range(4))
+    d = torch.tensor([True, False, True, True, False, False])
+    beta, wd, wu = 0.2, 1.5, 0.7
+    z0 = max(0.0, float(sum(pk[i] - rk[i] for i in range(6)) / 6))  # KL estimate from mismatched completions
+    got = kto_losses(pc, pk, rc, rk, d, beta, wd, wu)
+    for i in range(6):
+        r = float(pc[i] - rc[i])
+        v = wd / (1 + math.exp(-beta * (r - z0))) if d[i] else wu / (1 + math.exp(-beta * (z0 - r)))
+        assert got[i].item() == pytest.approx((wd if d[i] else wu) - v, rel=1e-5)  # lambda_y - v(x, y)
+
+
+def _rated_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        a, b = i % 7 + 1, i % 5 + 2
+        good = i % 2 == 0
+        rows.append({"prompt": f"What is {a} + {b}?", "completion": f"It is {a + b if good else a + b + 3}.",
+                     "label": good})
+    return rows
+
+
+def test_kto_recipe_end_to_end(tiny_llama, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "rated.jsonl", _rated_rows(16))
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, train, tmp_path / "run", recipe="preference",
+                       train={"max_steps": 4, "lr": 1e-2, "eval_every": 4, "warmup_ratio": 0},
+                       data={"val_ratio": 0.25}, preference={"loss": "kto"}, eval={"max_examples": 50})
+    code, out, err = run_cli(["train", cfg], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["train_completions"] == 12 and report["desirable"] + report["undesirable"] == 12
+    ev = report["preference_eval"]["train"]
+    assert ev["before"]["loss"] == pytest.approx(0.5, abs=1e-3) and ev["before"]["reward_margin"] == 0
+    assert ev["after"]["reward_margin"] > 0 and ev["after"]["loss"] < 0.5  # good completions gained on bad ones
+    assert "KTO" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_kto_refuses_a_file_with_one_label(tiny_llama, tmp_path, capsys):
+    rows = [r | {"label": True} for r in _rated_rows(6)]
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, write_jsonl(tmp_path / "r.jsonl", rows), tmp_path / "run",
+                       recipe="preference", preference={"loss": "kto"})
+    code, _, err = run_cli(["train", cfg], capsys)
+    assert code == 2 and "every record of" in err and "labelled True" in err and "needs both" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

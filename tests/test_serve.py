@@ -562,3 +562,27 @@ def test_chat_route_alone_plans_the_batch():
     with pytest.raises(APIError) as e:
         asyncio.run(routes.chat_completions(over))
     assert (e.value.status, e.value.param) == (400, "max_tokens") and len(state.batcher.keys) == 1
+
+
+def test_export_kto_labels_thumbs_and_texts(tmp_path, capsys):
+    from conftest import run_cli
+    from tuneforge.serve.store import FeedbackStore
+
+    store = FeedbackStore(tmp_path)
+    q = [{"role": "user", "content": "2+2?"}]
+    store.record_completion("chatcmpl-1", "base", q, "4")
+    store.record_completion("chatcmpl-2", "base", q, "5")
+    store.record_completion("chatcmpl-3", "base", q, "22")
+    store.record_feedback("chatcmpl-1", rating=1)
+    store.record_feedback("chatcmpl-2", rating=1)
+    store.record_feedback("chatcmpl-2", rating=-1)  # changed mind: the latest label counts
+    store.record_feedback("chatcmpl-3", rating=0)  # neutral: skipped
+    store.record_feedback("chatcmpl-3", preferred="four")
+    store.close()
+    out = tmp_path / "kto.jsonl"
+    code, stdout, err = run_cli(["feedback", "export", out, "--serve-dir", tmp_path, "--format", "kto"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"prompt": q, "completion": "4", "label": True}, {"prompt": q, "completion": "5", "label": False},
+                    {"prompt": q, "completion": "four", "label": True}]
+    assert "wrote 3 labelled completions" in stdout and "2 skipped" in stdout

@@ -179,11 +179,19 @@ def serve(ctx: typer.Context, base: Optional[str] = typer.Option(None, help="bas
 
 
 @feedback_app.command("export")
-def feedback_export(out: Path = typer.Argument(..., help="preference pairs JSONL (prompt, chosen, rejected)"),
-                    serve_dir: Path = typer.Option(Path("serve"), help="the serve directory holding feedback.sqlite")):
-    """Turn stored ratings and preferred/rejected responses into DPO pairs for recipe: preference."""
-    from tuneforge.serve.store import export_preferences
+def feedback_export(out: Path = typer.Argument(..., help="JSONL to write"),
+                    serve_dir: Path = typer.Option(Path("serve"), help="the serve directory holding feedback.sqlite"),
+                    format: str = typer.Option("pairs", "--format", help="pairs: prompt / chosen / rejected (DPO, "
+                                               "IPO, SimPO, ORPO); kto: prompt / completion / label from thumbs")):
+    """Turn stored ratings and preferred/rejected responses into training data for recipe: preference."""
+    from tuneforge.serve.store import export_kto, export_preferences
 
+    if format == "kto":
+        n, n_skipped = export_kto(serve_dir, out)
+        print(f"wrote {n} labelled completions to {out} ({n_skipped} skipped: neutral, repeated or empty)")
+        return
+    if format != "pairs":
+        raise UserError(f"--format {format}: use pairs or kto")
     n_pairs, n_skipped = export_preferences(serve_dir, out)
     print(f"wrote {n_pairs} preference pairs to {out} ({n_skipped} skipped: identical, repeated or empty)")
 

@@ -307,12 +307,15 @@ class SuiteConfig(Strict):
 class PreferenceConfig(Strict):
     """Preference tuning (recipe: preference): DPO, IPO, SimPO or ORPO on prompt / chosen / rejected pairs."""
 
-    loss: Literal["sigmoid", "ipo", "simpo", "orpo"] = Field(
-        "sigmoid", description="sigmoid = DPO; ipo; simpo and orpo need no reference model (train/losses/dpo.py)")
+    loss: Literal["sigmoid", "ipo", "simpo", "orpo", "kto"] = Field(
+        "sigmoid", description="sigmoid = DPO; ipo; simpo and orpo need no reference model (train/losses/dpo.py); "
+                               "kto trains on unpaired prompt / completion / label records (train/losses/kto.py)")
     beta: float | None = Field(None, gt=0, description="DPO/IPO: how far the policy may move from the reference "
                                                        "(default 0.1); SimPO: reward scale (default 2.0); ORPO: "
                                                        "weight of the odds-ratio term (default 0.1)")
     gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: lambda_D, the weight of desirable completions")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: lambda_U, the weight of undesirable completions")
     reference: Literal["auto", "adapter_disabled", "copy"] = Field(
         "auto", description="auto: the adapter switched off for adapter methods (no second model in memory), "
                             "a frozen copy for full/freeze")

@@ -166,6 +166,46 @@ def _pairs(conn: sqlite3.Connection):
                 yield key, b, a
 
 
+def export_kto(serve_dir: str | Path, out_path: str | Path) -> tuple[int, int]:
+    """Write labelled completions for KTO as JSONL ({"prompt", "completion", "label"}); returns
+    (written, skipped). A thumbs up (rating 1) or a user's preferred text is desirable, a thumbs down
+    (-1) or a rejected text undesirable; the latest feedback on the same prompt and text wins.
+    Neutral ratings (0), empty texts and repeats are skipped and counted."""
+    db = Path(serve_dir) / DB_NAME
+    if not db.is_file():
+        raise UserError(f"{db} does not exist: give the --serve-dir of a `tuneforge serve` that received feedback")
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT c.prompt, c.response, f.rating, f.preferred, f.rejected FROM feedback f "
+            "JOIN completions c ON c.id = f.completion_id ORDER BY f.id").fetchall()
+    finally:
+        conn.close()
+    labels: dict[tuple[str, str], tuple[object, bool]] = {}
+    skipped = 0
+    for prompt_json, response, rating, preferred, rejected in rows:
+        prompt = json.loads(prompt_json)
+        canon = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        found = []
+        if rating is not None:
+            if rating == 0:
+                skipped += 1
+            else:
+                found.append((response, rating > 0))
+        found += [(text, good) for text, good in ((preferred, True), (rejected, False)) if text is not None]
+        for text, good in found:
+            if not text.strip() or (prompt.strip() == "" if isinstance(prompt, str) else not prompt):
+                skipped += 1
+                continue
+            if (canon, text) in labels:
+                skipped += 1  # a repeat, or a later change of mind: the latest label counts
+            labels[(canon, text)] = (prompt, good)
+    lines = [json.dumps({"prompt": prompt, "completion": text, "label": good}, ensure_ascii=False)
+             for (_, text), (prompt, good) in labels.items()]
+    atomic_write_text(Path(out_path), "".join(line + "\n" for line in lines))
+    return len(lines), skipped
+
+
 def export_preferences(serve_dir: str | Path, out_path: str | Path) -> tuple[int, int]:
     """Write preference pairs from the feedback store as JSONL; returns (pairs written, pairs skipped).
 
