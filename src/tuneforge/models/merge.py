@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.model_card import carry_card
 from tuneforge.models.load import (SAFE, LoadPolicy, check_weights_format, load_model, load_model_config, load_tokenizer,
                                    resolve_model_path)
 from tuneforge.models.bottleneck import is_bottleneck_dir, read_bottleneck_config
@@ -102,4 +103,6 @@ def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        carry_card(found, tmp, f"Merged by `tuneforge merge`: the adapter of {found} folded into its base; "
+                               "this folder is a whole model.", merged=True)
     return out

@@ -38,6 +38,7 @@ from tuneforge.runs import check_run_dir, create_run_dir
 from tuneforge.train.distributed import launcher_rank, make_accelerator
 from tuneforge.train.levers import choose_attention, compile_blocks, compile_choice, peak_memory_gb
 from tuneforge.train.loop import LoopResult, planned_steps, train_loop
+from tuneforge.model_card import write_card
 from tuneforge.train.precision import machine_line, resolve_precision
 
 
@@ -205,6 +206,8 @@ class Session:
             summary["wall_time_s"] = round(time.time() - self.started, 1)
             plot_loss(self.run)
             write(self.run, summary)
+            if self.artifact is not None:  # the card needs the results, known only now
+                write_card(self.artifact, self.cfg, summary, self.run, METHODS[self.cfg.method.name].adapter)
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         return self.run
