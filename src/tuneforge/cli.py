@@ -248,6 +248,22 @@ def merge(ctx: typer.Context, run: Path = typer.Argument(..., help="run director
 
 
 @app.command()
+def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directory, adapter or model folder"),
+           out: Path = typer.Argument(..., help="folder for the GGUF file, its Ollama Modelfile and the model card"),
+           format: str = typer.Option("gguf", "--format", help="gguf (llama.cpp, Ollama, LM Studio)"),
+           quant: str = typer.Option("f16", help="f32, f16 or q8_0"),
+           base: Optional[str] = typer.Option(None, help="base model, if not the one recorded in the adapter")):
+    """Write a run as one GGUF file (adapter folded in; weights, tokenizer and chat template) with an
+    Ollama Modelfile: `ollama create NAME -f OUT/Modelfile`, or `llama-cli -m OUT/model-QUANT.gguf`."""
+    from tuneforge.export.gguf import export_gguf
+
+    if format != "gguf":
+        raise UserError(f"--format {format}: only gguf is written (for vLLM and transformers use `tuneforge merge`)")
+    path = export_gguf(run, out, quant, base, _policy(ctx))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MB) and {out / 'Modelfile'}")
+
+
+@app.command()
 def generate(ctx: typer.Context, run: str = typer.Argument(..., help="run directory, adapter or model folder; with --adapter: the base"),
              prompt: str = typer.Argument(...),
              max_new_tokens: int = typer.Option(128, min=1),
