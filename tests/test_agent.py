@@ -266,3 +266,31 @@ def test_full_fine_tuning_gives_one_model_folder_per_role(tmp_path, tiny_llama, 
     assert not layout["adapters"] and layout["base"] == "global/model"
     for path in layout["roles"].values():
         assert (tmp_path / "run" / path / "config.json").is_file()
+
+
+def test_episodes_in_chunks_end_as_in_one_lockstep():
+    class ByPrompt:
+        """Replies that depend on the prompt only (how many steps it holds), so any batching gives the same."""
+
+        def __init__(self):
+            self.batches = []
+
+        def __call__(self, role, prompts):
+            self.batches.append(len(prompts))
+            out = []
+            for p in prompts:
+                done = sum(s.role == "assistant" for s in p) // 2
+                if role == "planner":
+                    out.append("Add.\nNext: caller" if done < 2 else "Done.\nNext: conclusion")
+                elif role == "caller":
+                    out.append('Action: add\nAction Input: {"a": 1, "b": 1}')
+                else:
+                    out.append(f"It is {len(p)}.")
+            return out
+
+    tasks = [_task() for _ in range(5)]
+    whole, chunked = ByPrompt(), ByPrompt()
+    a = AgentRuntime(whole, world_registry()).run(tasks, chunk=5)
+    b = AgentRuntime(chunked, world_registry()).run(tasks, chunk=2)
+    assert [(e.final_answer, e.steps) for e in a] == [(e.final_answer, e.steps) for e in b]
+    assert max(whole.batches) == 5 and max(chunked.batches) == 2  # a chunk is asked together

@@ -106,13 +106,18 @@ class AgentRuntime:
 
     # ------------------------------------------------------------ the loop
 
-    def run(self, tasks: list[TaskHeader]) -> list[Episode]:
+    def run(self, tasks: list[TaskHeader], chunk: int = 32) -> list[Episode]:
+        """Every task to its end, `chunk` episodes in lockstep at a time: each turn asks a role once for
+        all of them (batched), and a chunk's prompts stay few enough for the generator's prefix cache
+        to keep each episode's last prompt until its next turn extends it."""
         episodes = [Episode(task) for task in tasks]
-        while live := [ep for ep in episodes if not ep.done]:
-            if self.single_model:
-                self._turn_single(live)
-            else:
-                self._turn_roles(live)
+        for start in range(0, len(episodes), chunk):
+            group = episodes[start:start + chunk]
+            while live := [ep for ep in group if not ep.done]:
+                if self.single_model:
+                    self._turn_single(live)
+                else:
+                    self._turn_roles(live)
         return episodes
 
     def _turn_roles(self, live: list[Episode]) -> None:

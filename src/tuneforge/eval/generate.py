@@ -96,8 +96,8 @@ def generate(
     """Generate a reply for each prompt; returns only the new text, in the prompts' order.
 
     `prefix_cache` (one per model): reuse what earlier prompts of this model already read (see
-    eval/prefix_cache.py); the prompts are then taken shortest first, so a prompt that another one
-    extends is read before it."""
+    eval/prefix_cache.py); the prompts are then taken in token order, so a prompt that another one
+    extends is read right before it."""
     if not prompts:
         return []
     has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -109,7 +109,11 @@ def generate(
     if prefix_cache is not None and not supports_prefix_cache(model):
         prefix_cache = None
     if prefix_cache is not None:
-        order.reverse()
+        # In token order (lexicographic): a prompt comes right after the prompts it extends and beside
+        # those sharing its start, so each reuses what was just read and the cache needs to hold only
+        # a window of recent prompts, however many there are (shortest-first needed them all: with 160
+        # agent tasks the cache overflowed and every prompt was read again).
+        order = sorted(range(len(prompts)), key=lambda i: encoded[i])
 
     gen_config = generation_config(model, tokenizer, max_new_tokens, temperature, top_p,
                                    ["\n"] if stop_at_newline else None)
