@@ -160,8 +160,9 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
 
     plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
     steps_per_epoch = max(1, len(plan) // micro_per_step)
-    # A run whose schedule a time budget shortened keeps that length when resumed.
-    total_steps = saved.get("total_steps") or cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    # A run whose schedule a time budget shortened keeps that length when resumed (a config's own
+    # max_steps or epochs may change between runs: a resume follows the config, as always).
+    total_steps = saved.get("budget_steps") or cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     loss_model = loss_model if loss_model is not None else TargetLoss(model)
     extra_fields = tuple(getattr(loss_model, "extra_fields", ()))
@@ -176,7 +177,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         loss_model, optimizer = accelerator.prepare(loss_model, optimizer)  # DDP or DeepSpeed when launched so
 
     progress = {"step": 0, "epoch": 0, "micro_index": 0, "best_val_loss": None, "bad_evals": 0, "tokens": 0,
-                "nonfinite_skips": 0, "micro_per_step": micro_per_step, "total_steps": total_steps}
+                "nonfinite_skips": 0, "micro_per_step": micro_per_step}
     if resume_from:
         progress |= load_checkpoint(resume_from, trainable, optimizer, scheduler, rank, world)
         say(f"resumed from {resume_from.name} (step {progress['step']}/{total_steps})")
@@ -290,7 +291,7 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
                     note(f"time budget {cfg.time_budget_s:.0f} s: {total_steps} steps at "
                          f"{sum(step_seconds[1:]) / len(step_seconds[1:]):.1f} s/step would not fit; training "
                          f"{fitted} steps, the learning-rate schedule shortened to end there")
-                    total_steps = progress["total_steps"] = fitted
+                    total_steps = progress["budget_steps"] = fitted
                     scheduler = make_scheduler(optimizer, cfg, total_steps)
                     with warnings.catch_warnings():  # "step() before optimizer.step()": catching up is the point
                         warnings.simplefilter("ignore", UserWarning)
