@@ -204,6 +204,21 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     assert "three roles" in text
     assert (tmp_path / "img" / "run-agent-test_id.png").is_file() and "(img/run-agent-test_id.png)" in text
 
+    # A rerun with the same weights and settings reuses every finished system; new settings do not.
+    from tuneforge.agent.evaluate import evaluate_run
+
+    settings = dict(max_tasks=1, max_steps=1, max_new_tokens=8)
+    tests = [str(world["test_id"])]
+    said: list[str] = []
+    first = evaluate_run(run, tests, **settings, log=said.append)
+    assert not any("reused" in line for line in said)
+    said.clear()
+    assert evaluate_run(run, tests, **settings, log=said.append) == first
+    assert sum("reused" in line for line in said) == len(held)
+    said.clear()
+    evaluate_run(run, tests, **(settings | {"max_steps": 2}), log=said.append)
+    assert not any("reused" in line for line in said)
+
 
 def test_agent_inspect_reports_the_toolbench_counts(capsys):
     from conftest import shared_toolbench

@@ -47,6 +47,7 @@ REPORT_JSON = "report.json"
 PLOTS = "plots"
 LOSS_PLOT = "loss.png"
 TRACES = "traces"
+EVAL_PARTS = "eval_parts"  # agent evaluation: one finished system per file, reused by a rerun
 # calibration stages
 ANSWERS = "answers.jsonl"
 ANSWERING = "answering.json"
@@ -158,6 +159,7 @@ class RunDir:
     plots = property(lambda self: self.path / PLOTS)
     loss_plot = property(lambda self: self.path / PLOTS / LOSS_PLOT)
     traces = property(lambda self: self.path / TRACES)
+    eval_parts = property(lambda self: self.path / EVAL_PARTS)
     answers = property(lambda self: self.path / ANSWERS)
     answering = property(lambda self: self.path / ANSWERING)
     graded = property(lambda self: self.path / GRADED)

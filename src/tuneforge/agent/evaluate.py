@@ -14,12 +14,13 @@ differences against the three roles, McNemar's tests, errors by role) come with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tuneforge.agent.roles import PARSINGS, context_segments, fit_to_length, parse_caller, read_backbone, read_plan
 from tuneforge.agent.runtime import AgentRuntime, Episode, Generate, write_traces
-from tuneforge.agent.trajectory import Trajectory
+from tuneforge.agent.trajectory import Call, Trajectory
 from tuneforge.atomic import atomic_write_text, write_json
 from tuneforge.errors import UserError
 from tuneforge.eval.agent_metrics import (ANSWER_OK, LEVEL, N_BOOT, SEED, EpisodeResult, StepPrediction,
@@ -299,6 +300,41 @@ def write_results(results: dict, run: Path, reference: str = "three roles") -> P
     return path
 
 
+def _newest_write(folder: Path) -> int:
+    return max((f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()), default=0)
+
+
+def _part_key(run: Path, layout: dict, settings: dict) -> dict:
+    """What a finished system's results depend on: the settings, the layout, and when every weight
+    folder was last written (retraining invalidates them)."""
+    folders = [layout["base"], *layout["roles"].values(), *(layout.get("baselines") or {}).values()]
+    return settings | {"layout": layout, "written": {f: _newest_write(run / f) for f in folders if (run / f).is_dir()}}
+
+
+def _save_part(path: Path, key: dict, output: dict[str, SystemOutput]) -> None:
+    write_json(path, {"key": key, "files": {
+        f: {"steps": {p: [asdict(s) for s in preds] for p, preds in o.steps.items()},
+            "episodes": [asdict(e) for e in o.episodes] if o.episodes is not None else None}
+        for f, o in output.items()}})
+
+
+def _load_part(path: Path, key: dict) -> dict[str, SystemOutput] | None:
+    """A system's outputs saved by an earlier evaluation with the same key, or None."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != json.loads(json.dumps(key)):  # compared as JSON holds it
+        return None
+
+    def prediction(d: dict) -> StepPrediction:
+        return StepPrediction(**(d | {k: Call(**d[k]) if d[k] else None for k in ("gold_call", "pred_call")}))
+
+    return {f: SystemOutput({p: [prediction(x) for x in preds] for p, preds in o["steps"].items()},
+                            [EpisodeResult(**e) for e in o["episodes"]] if o["episodes"] is not None else None)
+            for f, o in data["files"].items()}
+
+
 def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 100, max_steps: int = 8,
                  max_new_tokens: int = 96, max_length: int = 2048, max_observation_chars: int = 1500,
                  single: bool = True, roles: bool = True, log=print, policy: LoadPolicy = SAFE) -> dict:
@@ -318,14 +354,26 @@ def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 10
     wanted = [s for s in systems(layout) if (s == THREE_ROLES and roles) or (s != THREE_ROLES and single)]
     outputs: dict[str, dict[str, SystemOutput]] = {}
     single_model = {}
+    key = _part_key(run, layout, {"tests": [str(f) for f in test_files], "max_tasks": max_tasks,
+                                  "max_steps": max_steps, "max_new_tokens": max_new_tokens, "max_length": max_length,
+                                  "max_observation_chars": max_observation_chars})
     for system in wanted:
+        # Each system's results are kept as it finishes: an evaluation stopped part way (hours on a CPU)
+        # restarts at the first system not yet done.
+        part = RunDir(run).eval_parts / f"{system.replace(' ', '-')}.json"
+        single_model[system] = system != THREE_ROLES
+        saved = _load_part(part, key)
+        if saved is not None:
+            log(f"{system}: evaluated before with the same weights and settings ({part}); reused")
+            outputs[system] = saved
+            continue
         generate = RoleModels(run, system=system, max_new_tokens=max_new_tokens, policy=policy)
-        single_model[system] = generate.single_model
         log(f"{system} on {', '.join(tests)}...")
         traces = {f: RunDir(run).traces / f"{Path(f).stem}-{system.replace(' ', '-')}.jsonl" for f in tests}
         outputs[system] = evaluate_system(generate, tests, generate.single_model, tokenizer=generate.tokenizer,
                                           max_length=max_length, max_steps=max_steps,
                                           max_observation_chars=max_observation_chars, trace_paths=traces)
+        _save_part(part, key, outputs[system])
         del generate
     results = {f: file_results({s: outputs[s][f] for s in wanted}, single_model, THREE_ROLES) for f in tests}
     path = write_results(results, run, THREE_ROLES)
