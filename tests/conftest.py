@@ -69,6 +69,15 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+class NoCapture:
+    """For run_cli where capsys cannot be had (module fixtures): output goes to the terminal."""
+
+    def readouterr(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(out="", err="")
+
+
 def report_into_doc(run: Path, name: str, tmp_path: Path, capsys, command: str) -> str:
     """`tuneforge runs report` into a fresh doc holding the `name` results markers; returns the doc's text."""
     from tuneforge.docs_block import markers

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli, write_config
+from conftest import NoCapture, run_cli, write_config
 from tuneforge.config import TrainConfig
 from tuneforge.errors import UserError
 
@@ -110,13 +110,6 @@ def assert_same_training(run: Path, ref: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=WEIGHT_ATOL, msg=k)
 
 
-class _NoCapture:  # run_cli wants capsys, which a module fixture cannot have
-    def readouterr(self):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(out="", err="")
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_llama, dates_data, tmp_path_factory):
     """One process, grad_accum 2: the global batch the 2-process runs (grad_accum 1) must reproduce."""
@@ -125,7 +118,7 @@ def reference(tiny_llama, dates_data, tmp_path_factory):
     trace.mkdir()
     cfg = _config(tmp / "c.yaml", tiny_llama, dates_data[0], tmp / "run", grad_accum=2)
     with traced(trace):
-        code, _, err = run_cli(["train", cfg], _NoCapture())
+        code, _, err = run_cli(["train", cfg], NoCapture())
     assert code == 0, err
     return tmp / "run", read_trace(trace)[0]
 

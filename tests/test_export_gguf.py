@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_cli, write_config
+from conftest import NoCapture, run_cli, write_config
 from tuneforge.export.gguf import permute_rotary
 
 PROMPTS = ["Rewrite 3 May 1999 as a date.", "Hello world, the date is 2019-02-15."]
@@ -25,22 +25,15 @@ def _greedy(model, tok, prompt):
     return out[0, ids.shape[1]:].tolist()
 
 
-class _NoCapture:  # run_cli wants capsys, which a module fixture cannot have
-    def readouterr(self):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(out="", err="")
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_llama, dates_data, tmp_path_factory):
     """A LoRA run on the tiny llama and its merged model, the reference for every export."""
     tmp = tmp_path_factory.mktemp("gguf")
     cfg = write_config(tmp / "c.yaml", tiny_llama, dates_data[0], tmp / "run", eval={"before_after": False},
                        train={"max_steps": 2, "batch_tokens": 256, "lr": 1e-2}, method={"name": "lora", "r": 4})
-    code, _, err = run_cli(["train", cfg], _NoCapture())
+    code, _, err = run_cli(["train", cfg], NoCapture())
     assert code == 0, err
-    code, _, err = run_cli(["merge", tmp / "run", tmp / "merged"], _NoCapture())
+    code, _, err = run_cli(["merge", tmp / "run", tmp / "merged"], NoCapture())
     assert code == 0, err
     return tmp
 

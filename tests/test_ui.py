@@ -18,16 +18,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from conftest import run_cli, write_config
+from conftest import NoCapture, run_cli, write_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 SCREENSHOTS = os.environ.get("TUNEFORGE_UI_SCREENSHOTS") == "1"
-
-
-class _NoCapture:  # run_cli wants capsys; module fixtures have none
-    def readouterr(self):
-        return SimpleNamespace(out="", err="")
 
 
 # ---- runs: two tiny SFT runs, plus result files of a calibration and an agent run ----------------
@@ -86,7 +81,7 @@ def ui(tiny_llama, dates_data, tmp_path_factory):
     for name, lr, steps in (("sft-a", 1e-3, 4), ("sft-b", 3e-3, 3)):
         cfg = write_config(root / f"{name}.yaml", tiny_llama, train, runs / name, val=val,
                            train={"max_steps": steps, "lr": lr, "eval_every": 2})
-        code, _, _ = run_cli(["train", cfg], _NoCapture())
+        code, _, _ = run_cli(["train", cfg], NoCapture())
         assert code == 0, f"training {name} failed"
     _calibration_run(runs / "calibration-demo")
     _agent_run(runs / "agent-demo")
