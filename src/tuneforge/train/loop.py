@@ -88,7 +88,11 @@ def _agreed_stop(signum: int | None, accelerator) -> int | None:
     reach them during different steps): all ranks stop after the same step."""
     if accelerator.num_processes == 1:
         return signum
-    return next((s for s in gather_object(signum, accelerator) if s is not None), None)
+    import torch.distributed as dist
+
+    flag = torch.tensor([signum or 0], device=accelerator.device)  # one integer per step, not a pickled object
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
 
 
 def row_length(lengths: list[int], cfg: TrainConfig) -> int:
