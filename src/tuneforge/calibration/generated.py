@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tuneforge.errors import UserError
+
 
 @dataclass(frozen=True)
 class Level:
@@ -30,36 +32,58 @@ class Level:
         return f"arithmetic {self.digits_a}d{symbol}{self.digits_b}d"
 
 
-# Easiest first. The mix is chosen so the embedded 135M model answers somewhere between 30% and 70%
-# overall (docs/calibration.md has the measured accuracy of each level).
+# Easiest first. Measured on the embedded 135M model (0-shot, greedy; 45-60 questions a level,
+# 2026-12-02): 1d+1d 83%, 1d-1d 51%, 1dx1d 92%, 2d+2d 28%, 2dx1d 37%, 1dx2d 32%; the default
+# 3,120-question mix (every one-digit question, then the two-digit levels) comes to about 35%.
+# (2d+1d, 2d-1d and 1d+2d were left out: 2-7%, too close to never right to leave room above.)
 LEVELS = (
     Level("+", 1, 1), Level("-", 1, 1), Level("*", 1, 1),
-    Level("+", 2, 1), Level("+", 2, 2), Level("*", 2, 1),
+    Level("+", 2, 2), Level("*", 2, 1), Level("*", 1, 2),
 )
 PHRASING = "What is {a} {op} {b}? Give the result as a number."
 
 
-def _operand(rng: random.Random, digits: int) -> int:
-    return rng.randint(10 ** (digits - 1) if digits > 1 else 1, 10 ** digits - 1)
+def _operand_range(digits: int) -> range:
+    return range(10 ** (digits - 1) if digits > 1 else 1, 10 ** digits)
+
+
+def _pairs(level: Level) -> list[tuple[int, int]]:
+    """Every distinct (a, b) of a level (differences ordered so results stay non-negative)."""
+    pairs = {(a, b) for a in _operand_range(level.digits_a) for b in _operand_range(level.digits_b)}
+    if level.op == "-":
+        pairs = {(max(a, b), min(a, b)) for a, b in pairs}
+    return sorted(pairs)
+
+
+def _shares(n: int, levels: tuple[Level, ...]) -> list[int]:
+    """n spread evenly over the levels, except that a level never gets more questions than it has
+    distinct ones (there are only 45 one-digit differences): what it cannot take goes to the others."""
+    room = [len(_pairs(level)) for level in levels]
+    if n > sum(room):
+        raise UserError(f"arithmetic: {n} questions asked, but these levels have only {sum(room)} distinct ones")
+    share = [0] * len(levels)
+    left = n
+    while left:
+        open_ = [i for i in range(len(levels)) if share[i] < room[i]]
+        each, extra = divmod(left, len(open_))
+        for k, i in enumerate(open_):
+            take = min(room[i] - share[i], each + (k < extra))
+            share[i] += take
+            left -= take
+    return share
 
 
 def arithmetic_questions(n: int, seed: int = 0, levels: tuple[Level, ...] = LEVELS) -> list[dict]:
-    """n question dicts (Question.to_dict form), spread evenly over `levels`, no question twice."""
+    """n question dicts (Question.to_dict form), spread evenly over `levels` as far as each level has
+    distinct questions, no question twice."""
     rng = random.Random(seed)
-    out, seen = [], set()
-    for i in range(n):
-        level = levels[i % len(levels)]
-        while True:
-            a, b = _operand(rng, level.digits_a), _operand(rng, level.digits_b)
-            if level.op == "-" and b > a:
-                a, b = b, a  # results stay non-negative
-            if (level, a, b) not in seen:
-                seen.add((level, a, b))
-                break
-        value = {"+": a + b, "-": a - b, "*": a * b}[level.op]
-        shown = "*" if level.op == "*" else level.op
-        out.append({"question": PHRASING.format(a=a, op=shown, b=b), "target": str(value), "targets": [str(value)],
-                    "options": None, "context": None, "source": level.name, "where": f"arithmetic[{i}]"})
+    out = []
+    for level, k in zip(levels, _shares(n, levels)):
+        for a, b in rng.sample(_pairs(level), k):
+            value = {"+": a + b, "-": a - b, "*": a * b}[level.op]
+            out.append({"question": PHRASING.format(a=a, op=level.op, b=b), "target": str(value),
+                        "targets": [str(value)], "options": None, "context": None, "source": level.name,
+                        "where": f"arithmetic[{len(out)}]"})
     rng.shuffle(out)
     return out
 
@@ -107,4 +131,35 @@ def date_questions(n: int, seed: int = 0) -> list[dict]:
             for i, d in enumerate(make_dates_examples(n, seed))]
 
 
-GENERATED = {"arithmetic": arithmetic_questions, "words": word_arithmetic_questions, "dates": date_questions}
+_NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Mia", "Ben", "Yuki", "Ravi", "Eva"]
+_THINGS = ["apples", "books", "coins", "pens", "cards", "eggs", "shells", "stamps", "marbles", "stickers"]
+_STORIES = (  # (source, template, operation): one-digit numbers, told as a small story
+    ("story gets more", "{n} has {a} {t} and gets {b} more. How many {t} does {n} have now?", "+"),
+    ("story in all", "There are {a} {t} in a box and {b} {t} on the table. How many {t} are there in all?", "+"),
+    ("story bags", "{n} buys {a} bags with {b} {t} in each bag. How many {t} does {n} buy?", "*"),
+)
+
+
+def story_questions(n: int, seed: int = 0) -> list[dict]:
+    """One-digit sums and products told as word problems ("Mia has 4 pens and gets 3 more..."): the
+    training skill in another form, and the default shift set (measured 2026-12-02 on the embedded
+    model, 40-47 a template: 64%, 19% and 65% right)."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        source, template, op = _STORIES[len(out) % len(_STORIES)]
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        question = template.format(n=rng.choice(_NAMES), t=rng.choice(_THINGS), a=a, b=b)
+        if question in seen:
+            continue
+        seen.add(question)
+        value = a + b if op == "+" else a * b
+        out.append({"question": question + " Give the result as a number.", "target": str(value),
+                    "targets": [str(value)], "options": None, "context": None, "source": source,
+                    "where": f"story[{len(out)}]"})
+    rng.shuffle(out)
+    return out
+
+
+GENERATED = {"arithmetic": arithmetic_questions, "story": story_questions, "words": word_arithmetic_questions,
+             "dates": date_questions}

