@@ -1,12 +1,15 @@
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tuneforge's cache (encoded data, converted models) goes to a folder of this test session, never the user's
+os.environ["TUNEFORGE_HOME"] = tempfile.mkdtemp(prefix="tuneforge-test-home-")
 
 from tuneforge.models.tiny import build_tiny_model  # noqa: E402
 

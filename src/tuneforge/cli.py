@@ -420,6 +420,29 @@ def data_inspect(ctx: typer.Context, config: Path = typer.Argument(..., help="a 
     result.account.check(cfg.data.max_lost)
 
 
+@data_app.command("cache")
+def data_cache(clear: bool = typer.Option(False, "--clear", help="delete every entry"),
+               cache_dir: Optional[Path] = typer.Option(None, help="the cache folder (default: as data.cache_dir)")):
+    """The encoded-data cache: one entry per data files + data section + seed + tokenizer, with its size."""
+    import shutil
+
+    from tuneforge.config import DataConfig
+    from tuneforge.data.token_cache import cache_root, list_entries
+
+    root = cache_dir or cache_root(DataConfig(train="-"))
+    entries = list_entries(root) if root.is_dir() else []
+    total = sum(e.bytes for e in entries)
+    for e in entries:
+        print(f"{e.path.name}  {e.bytes / 2**20:8.1f} MiB  {', '.join(e.sources)} (max_length {e.max_length}, "
+              f"{e.tokenizer}): {e.account}")
+    if clear:
+        for e in entries:
+            shutil.rmtree(e.path)
+        print(f"cleared {len(entries)} entries ({total / 2**20:.1f} MiB) from {root}")
+    else:
+        print(f"{len(entries)} entries, {total / 2**20:.1f} MiB in {root}")
+
+
 @data_app.command("calibration")
 def data_calibration(out: Path = typer.Argument(...),
                      train: str = typer.Option("arithmetic", help="question sources mixed into questions.jsonl: "

@@ -138,6 +138,16 @@ class DataConfig(Strict):
     max_lost: float = Field(0.01, ge=0, le=1, description="stop before training when more than this share of the "
                                                            "records read would be lost unasked (bad, too long, no "
                                                            "answer; not duplicates, max_examples or mixture weights)")
+    cache: bool = Field(True, description="keep the encoded data in an on-disk Arrow cache keyed by the data files' "
+                                          "bytes, this section, the seed and the tokenizer: the next run, --resume and "
+                                          "compare-methods skip reading and tokenizing (recipe sft)")
+    cache_dir: str | None = Field(None, description="where the encoded-data cache lives (default: the tuneforge "
+                                                    "cache folder's data/; `tuneforge data cache` lists and clears it)")
+    streaming: bool = Field(False, description="read, encode and pack a JSONL file a window at a time while training "
+                                               "(memory bounded by a window; needs train.max_steps; the position is "
+                                               "checkpointed, so --resume continues exactly; recipe sft)")
+    num_proc: int | None = Field(None, ge=1, description="processes that tokenize (default: the CPU count, up to 8, "
+                                                         "for 4,000 examples or more; else 1)")
 
 
 class TrainConfig(Strict):

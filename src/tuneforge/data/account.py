@@ -80,6 +80,12 @@ class DataAccount:
         return [f"  {name}: {c['read']} read, {c['bad']} malformed or empty, {c['unsampled']} left out by the "
                 f"mixture -> {c['train']} train / {c['validation']} validation" for name, c in (self.sources or {}).items()]
 
+    def plus(self, other: DataAccount) -> DataAccount:
+        """Both accounts' counts added (e.g. a stream's and its validation file's)."""
+        counts = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                  if f.type in ("int", int)}
+        return DataAccount(**counts, first_bad=self.first_bad or other.first_bad)
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["kept"], out["lost"] = self.kept, self.lost

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from tuneforge.config import DataConfig
 from tuneforge.data.account import DataAccount
 from tuneforge.data.formats import Example, to_examples
-from tuneforge.data.render import Encoded, encode
+from tuneforge.data.render import Encoded, encode_many
 from tuneforge.data.sources import read_records
 from tuneforge.errors import UserError
 
@@ -159,43 +159,78 @@ def _finish(cfg: DataConfig, train: list[Example], val: list[Example], account: 
     return Splits(train, val, account, bad)
 
 
-def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> EncodedSplit:
-    out = EncodedSplit()
-    done: dict[int, Encoded | None] = {}  # a mixture repeats the same Example object: encode and count it once
+# Examples are encoded this many at a time: one batched tokenizer call each.
+ENCODE_CHUNK = 256
+
+# What encoding did with an example (the cache stores it as a small integer per example).
+KEPT, TOO_LONG, CUT_BEFORE_ANSWER, NO_ANSWER = 0, 1, 2, 3
+
+
+def outcome(enc: Encoded | None) -> int:
+    if enc is None:
+        return TOO_LONG
+    if enc.n_targets == 0:  # nothing to learn from it
+        return CUT_BEFORE_ANSWER if enc.truncated else NO_ANSWER
+    return KEPT
+
+
+def unique(examples: list[Example]) -> tuple[list[Example], list[int]]:
+    """(distinct Example objects in first-seen order, each example's index among them): a mixture
+    repeats the same object, which is encoded and counted once."""
+    first: dict[int, int] = {}
+    distinct, index = [], []
     for ex in examples:
-        if id(ex) in done:
-            if done[id(ex)] is not None:
-                out.repeats += 1
-                out.examples.append(ex)
-                out.encoded.append(done[id(ex)])
-            continue
-        enc = encode(ex, tokenizer, cfg.max_length, cfg.truncation, cfg.train_on_prompt)
-        done[id(ex)] = None
-        if enc is None:
+        if id(ex) not in first:
+            first[id(ex)] = len(distinct)
+            distinct.append(ex)
+        index.append(first[id(ex)])
+    return distinct, index
+
+
+def tally(examples: list[Example], index: list[int], outcomes: list[int], truncated: list[bool],
+          lengths: list[int]) -> EncodedSplit:
+    """The counts and notes (in file order) of a split from each distinct example's outcome, whether it
+    was truncated and its encoded length; `examples` and `encoded` are left for the caller to fill."""
+    out = EncodedSplit()
+    for ex, what, cut, n in zip(examples, outcomes, truncated, lengths):
+        if what == TOO_LONG:
             out.dropped += 1
             out.notes.append((ex.where, "too long: dropped"))
-            continue
-        if enc.n_targets == 0:  # nothing to learn from it
-            if enc.truncated:
-                out.cut_before_answer += 1
-                out.notes.append((ex.where, "cut before its answer: dropped"))
-            else:
-                out.no_answer += 1
-                out.notes.append((ex.where, "no answer tokens: dropped"))
-            continue
-        if enc.truncated:
-            out.notes.append((ex.where, f"truncated to {len(enc.ids)} tokens"))
-        out.truncated += enc.truncated
-        out.examples.append(ex)
-        out.encoded.append(enc)
-        done[id(ex)] = enc
+        elif what == CUT_BEFORE_ANSWER:
+            out.cut_before_answer += 1
+            out.notes.append((ex.where, "cut before its answer: dropped"))
+        elif what == NO_ANSWER:
+            out.no_answer += 1
+            out.notes.append((ex.where, "no answer tokens: dropped"))
+        elif cut:
+            out.truncated += 1
+            out.notes.append((ex.where, f"truncated to {n} tokens"))
+    kept = [i for i in index if outcomes[i] == KEPT]
+    out.repeats = len(kept) - len(set(kept))
+    return out
+
+
+def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> EncodedSplit:
+    """Every example encoded in memory (small data, and recipes that keep Python objects); counted."""
+    distinct, index = unique(examples)
+    encoded: list[Encoded | None] = []
+    for start in range(0, len(distinct), ENCODE_CHUNK):
+        encoded += encode_many(distinct[start:start + ENCODE_CHUNK], tokenizer, cfg.max_length, cfg.truncation,
+                               cfg.train_on_prompt)
+    outcomes = [outcome(e) for e in encoded]
+    out = tally(distinct, index, outcomes, [e is not None and e.truncated for e in encoded],
+                [len(e.ids) if e is not None else 0 for e in encoded])
+    for i in index:
+        if outcomes[i] == KEPT:
+            out.examples.append(distinct[i])
+            out.encoded.append(encoded[i])
     return out
 
 
 def account_for(splits: Splits, train: EncodedSplit, val: EncodedSplit) -> DataAccount:
     """The whole account of a run's data: what reading lost (splits) plus what encoding kept and lost."""
     account = splits.account
-    account.train, account.validation = len(train.encoded), len(val.encoded)
+    account.train, account.validation = len(train.examples), len(val.examples)
     account.truncated = train.truncated + val.truncated
     account.too_long = train.dropped + val.dropped
     account.cut_before_answer = train.cut_before_answer + val.cut_before_answer

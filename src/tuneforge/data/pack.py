@@ -21,6 +21,12 @@ from tuneforge.data.render import Encoded
 PACK_WINDOW = 512
 
 
+def lengths_of(encoded) -> list[int]:
+    """Token counts of encoded examples: the stored array of a memory-mapped store, else each one's ids."""
+    stored = getattr(encoded, "lengths", None)
+    return stored.tolist() if stored is not None else [len(e.ids) for e in encoded]
+
+
 def _first_fit_decreasing(indices: list[int], lengths: list[int], row_length: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []

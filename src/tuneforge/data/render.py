@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from tuneforge.data.formats import Example, Segment
 from tuneforge.errors import UserError
 
@@ -94,7 +96,9 @@ def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str
         if not (seg.role == "assistant" and seg.train):
             continue
         before = render_text(tokenizer, segs[:i], add_generation_prompt=True, where=example.where) if i else ""
-        upto = render_text(tokenizer, segs[: i + 1], add_generation_prompt=False, where=example.where)
+        # the last turn's prefix is the whole conversation, already rendered (saves a render per example)
+        upto = full if i == len(segs) - 1 else render_text(tokenizer, segs[: i + 1], add_generation_prompt=False,
+                                                             where=example.where)
         if not full.startswith(upto) or not upto.startswith(before):
             raise UserError(f"{example.where}: the chat template does not render conversations "
                             "prefix-consistently, so assistant turns cannot be located; set data.chat_template")
@@ -107,14 +111,25 @@ def _char_spans(example: Example, tokenizer, train_on_prompt: bool) -> tuple[str
     return full, spans
 
 
+def _span_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """True for each token whose characters lie wholly inside one of the (sorted, disjoint) spans."""
+    if not spans or not offsets:
+        return [False] * len(offsets)
+    starts = np.array([a for a, _ in spans])
+    ends = np.array([b for _, b in spans])
+    tok = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    k = np.searchsorted(starts, tok[:, 0], side="right") - 1  # the last span starting at or before the token
+    inside = (k >= 0) & (tok[:, 1] <= ends[np.maximum(k, 0)]) & (tok[:, 1] > tok[:, 0])
+    return inside.tolist()
+
+
 def _encode_whole(example: Example, tokenizer, train_on_prompt: bool) -> tuple[list[int], list[bool]]:
     text, spans = _char_spans(example, tokenizer, train_on_prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    return ids, [any(a <= start and end <= b for a, b in spans) and end > start for start, end in offsets]
+    return enc["input_ids"], _span_mask(enc["offset_mapping"], spans)
 
 
-def _fit_prompt(example: Example, tokenizer, max_length: int, train_on_prompt: bool
+def _fit_prompt(example: Example, tokenizer, max_length: int, train_on_prompt: bool, whole_length: int
                 ) -> tuple[list[int], list[bool]] | None:
     """`example` shortened on its prompt side to fit `max_length`, its last assistant turn whole: the
     oldest turns go first (whole turns, up to the next user message, after any system message), then
@@ -130,23 +145,25 @@ def _fit_prompt(example: Example, tokenizer, max_length: int, train_on_prompt: b
     def encoded(middle, tail):
         return _encode_whole(Example(head + middle + tail, example.where, example.meta), tokenizer, train_on_prompt)
 
+    length = whole_length
     while middle:  # drop the oldest turn: up to the next user message
         middle = middle[next((i for i in range(1, len(middle)) if middle[i].role == "user"), len(middle)):]
         ids, mask = encoded(middle, tail)
-        if len(ids) <= max_length:
+        length = len(ids)
+        if length <= max_length:
             return ids, mask
     if tail[0].role != "user":
         return None
     text = tail[0].text
     starts = [a for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-    ids, cut = None, 0
-    while ids is None or len(ids) > max_length:  # cut as many tokens as are too many, until it fits
-        over = len(ids) - max_length if ids is not None else 0
+    cut = 0
+    while length > max_length:  # cut as many tokens as are too many (merges may shift one), until it fits
         if cut >= len(starts):
             return None
-        cut = min(len(starts), cut + max(over, 1))
+        cut = min(len(starts), cut + length - max_length)
         rest = text[starts[cut]:] if cut < len(starts) else ""
         ids, mask = encoded([], [Segment(tail[0].role, rest, tail[0].train), *tail[1:]])
+        length = len(ids)
     return ids, mask
 
 
@@ -157,14 +174,37 @@ def encode(example: Example, tokenizer, max_length: int, truncation: str = "prom
     Too long for `max_length`: "drop" leaves it out; "prompt" shortens the prompt side and keeps the
     whole answer (the part that trains) where the answer alone fits, else cuts the end as "right" does;
     "right" keeps the first `max_length` tokens."""
-    ids, mask = _encode_whole(example, tokenizer, train_on_prompt)
+    return encode_many([example], tokenizer, max_length, truncation, train_on_prompt)[0]
+
+
+def encode_many(examples: list[Example], tokenizer, max_length: int, truncation: str = "prompt",
+                train_on_prompt: bool = False) -> list[Encoded | None]:
+    """`encode` of each example, the texts tokenized in one batched call (the tokenizer's per-call cost
+    is most of the time for short examples)."""
+    rendered = [_char_spans(ex, tokenizer, train_on_prompt) for ex in examples]
+    if not rendered:
+        return []
+    texts = [text for text, _ in rendered]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer itself: what tokenizer(...) calls, without its per-example conversion
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        ids_offsets = [(e.ids, e.offsets) for e in encodings]
+    else:
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        ids_offsets = list(zip(enc["input_ids"], enc["offset_mapping"]))
+    return [_fit(ex, ids, _span_mask(offsets, spans), tokenizer, max_length, truncation, train_on_prompt)
+            for ex, (_, spans), (ids, offsets) in zip(examples, rendered, ids_offsets)]
+
+
+def _fit(example: Example, ids: list[int], mask: list[bool], tokenizer, max_length: int, truncation: str,
+         train_on_prompt: bool) -> Encoded | None:
     truncated = len(ids) > max_length
     if truncated:
         if truncation == "drop":
             return None
         fitted = None
         if truncation == "prompt" and not (example.segments and example.segments[0].role == "text"):
-            fitted = _fit_prompt(example, tokenizer, max_length, train_on_prompt)
+            fitted = _fit_prompt(example, tokenizer, max_length, train_on_prompt, len(ids))
         ids, mask = fitted if fitted else (ids[:max_length], mask[:max_length])
     # Labels are shifted: token t is predicted from position t-1, so the first token is never a target.
     if mask:

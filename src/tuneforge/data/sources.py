@@ -43,23 +43,30 @@ def _loads(text: str, where: str, fix: str = "") -> object:
         raise UserError(f"{where}: not usable JSON ({reason}){fix}") from None
 
 
+def jsonl_record(line: str, where: str, bad: list[str] | None = None) -> Record | None:
+    """The record on one JSONL line (None for a blank line); a line that is not a JSON object raises,
+    or with `bad` given gives None and its one-line reason is appended there."""
+    if not line.strip():
+        return None
+    try:
+        obj = _loads(line, where, "; fix or remove that line")
+        if not isinstance(obj, dict):
+            raise UserError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+    except UserError as e:
+        if bad is None:
+            raise
+        bad.append(str(e))
+        return None
+    return Record(obj, where)
+
+
 def _read_jsonl(path: Path, bad: list[str] | None = None) -> list[Record]:
-    """Records of a JSONL file; a line that is not a JSON object raises, or with `bad` given is
-    skipped and its one-line reason appended there."""
+    """Records of a JSONL file (see `jsonl_record` for malformed lines)."""
     records = []
     for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = _loads(line, f"{path}:{lineno}", "; fix or remove that line")
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
-        except UserError as e:
-            if bad is None:
-                raise
-            bad.append(str(e))
-            continue
-        records.append(Record(obj, f"{path}:{lineno}"))
+        record = jsonl_record(line, f"{path}:{lineno}", bad)
+        if record is not None:
+            records.append(record)
     return records
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneforge.config import Config
-from tuneforge.data.dataset import account_for, encode_split, load_splits
+from tuneforge.data.account import DataAccount
+from tuneforge.data.dataset import EncodedSplit, account_for, encode_split, load_splits
+from tuneforge.data.stream import STREAM_WINDOW, TokenStream, check_streaming
+from tuneforge.data.token_cache import PreparedData, prepare as prepare_data
 from tuneforge.errors import UserError
 from tuneforge.run_dir import RunDir
 from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
@@ -19,45 +22,71 @@ class SFT(RecipeBase):
     name = "sft"
     def run(self, s: Session) -> Path:
         cfg = s.cfg
+        if cfg.data.streaming:
+            check_streaming(cfg)
         s.load_model()
-        splits = load_splits(cfg.data, cfg.seed)
-        train = encode_split(splits.train, s.tokenizer, cfg.data)
-        val = encode_split(splits.val, s.tokenizer, cfg.data)
-        account = account_for(splits, train, val)
-        if not train.encoded:
-            raise UserError(f"data.train: no usable examples in {cfg.data.train} ({account.line()}); "
-                            "raise data.max_length or check the data")
-        s.log(f"data: {account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
-        for line in account.source_lines():
-            s.log(line)
-        account.check(cfg.data.max_lost)
+        if cfg.data.streaming:
+            data = streamed_data(cfg, s.tokenizer)
+            s.log(f"data: streaming {cfg.data.train} in windows of {STREAM_WINDOW} records, shuffled within each "
+                  f"(max_length {cfg.data.max_length}, truncation {cfg.data.truncation}); "
+                  + (f"validation {cfg.data.validation}: {data.account.line()}" if cfg.data.validation else
+                     "no validation set (give data.validation: a hold-out needs the whole file)"))
+        else:
+            data = prepare_data(cfg.data, cfg.seed, s.tokenizer)
+            if data.cache:
+                s.log(f"data: {data.cache}")
+            if not data.train:
+                raise UserError(f"data.train: no usable examples in {cfg.data.train} ({data.account.line()}); "
+                                "raise data.max_length or check the data")
+            s.log(f"data: {data.account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+            for line in data.account.source_lines():
+                s.log(line)
+            data.account.check(cfg.data.max_lost)
         s.start()
-        s.prepare(train.encoded)
+        s.prepare(data.train)
 
         def evaluate() -> dict:
-            return evaluate_held_out(s, val.examples, val.encoded)
+            return evaluate_held_out(s, data.val_examples, data.val)
 
         before = None
         if cfg.eval.before_after and cfg.eval.base:
             before = s.evaluate_once(evaluate, f"evaluating the base model on held-out examples "
                                                f"({cfg.eval.metric})...")
-        result = s.fit(train.encoded, val.encoded)
+        result = s.fit(data.train, data.val)
         if s.is_main:
             s.save_artifact()
+        account = data.account
+        if cfg.data.streaming:  # the records the stream read (its first pass, or as far as the run got) + validation
+            account = data.train.account.plus(data.account)
+            s.log(f"data: {account.line()} (streamed{'' if data.train.first_pass_done else ', part of the file'})")
         summary = s.summary(result) | {
-            "train_examples": len(train.encoded), "val_examples": len(val.encoded),
-            "truncated_examples": train.truncated + val.truncated, "dropped_examples": account.lost,
-            "data": account.as_dict()}
+            "train_examples": account.train, "val_examples": len(data.val),
+            "truncated_examples": account.truncated, "dropped_examples": account.lost, "data": account.as_dict()}
         if s.is_main and cfg.eval.before_after:
             s.log("evaluating the tuned model...")
             after = evaluate()
             if after:
-                summary["evaluation"] = before_after(cfg, before, after, val.examples)
+                summary["evaluation"] = before_after(cfg, before, after, data.val_examples)
         return s.finish(summary)
 
     def outputs(self, run: Path) -> dict[str, Path]:
         files = RunDir(run)
         return {"artifact": files.artifact(), "report": files.report_md, "loss plot": files.loss_plot}
+
+
+def streamed_data(cfg: Config, tokenizer) -> PreparedData:
+    """The training stream, and the validation file (if any) encoded whole, in memory: its account is
+    the validation's (the stream keeps its own)."""
+    stream = TokenStream(cfg.data, tokenizer, cfg.seed, cfg.train.batch_tokens, cfg.train.pack_length,
+                         cfg.train.packing)
+    if not cfg.data.validation:
+        return PreparedData(stream, [], [], DataAccount())
+    own = cfg.data.model_copy(update={"train": cfg.data.validation, "validation": None, "val_ratio": 0})
+    splits = load_splits(own, cfg.seed)
+    val = encode_split(splits.train, tokenizer, own)
+    account = account_for(splits, val, EncodedSplit())
+    account.validation, account.train = account.train, 0
+    return PreparedData(stream, val.encoded, val.examples, account)
 
 
 def evaluate_held_out(s: Session, examples, encoded) -> dict:

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tuneforge.config import TrainConfig
-from tuneforge.data.pack import collate, plan_micro_batches
+from tuneforge.data.pack import collate, lengths_of, plan_micro_batches
 from tuneforge.data.render import Encoded
+from tuneforge.data.stream import TokenStream
 from tuneforge.errors import UserError
 from tuneforge.run_dir import RunDir
 from tuneforge.train.checkpoint import latest_checkpoint, load_checkpoint, read_progress, rng_state, save_checkpoint
@@ -103,7 +104,9 @@ def row_length(lengths: list[int], cfg: TrainConfig) -> int:
 def planned_steps(train: list[Encoded], cfg: TrainConfig, world: int = 1) -> int:
     """About the optimizer steps a fresh run of `train` takes (the packing plan, and so the count, varies
     a little with the seed)."""
-    lengths = [len(e.ids) for e in train]
+    if isinstance(train, TokenStream):
+        return cfg.max_steps
+    lengths = lengths_of(train)
     plan = plan_micro_batches(lengths, cfg.batch_tokens, row_length(lengths, cfg), cfg.packing, seed=0)
     return cfg.max_steps or math.ceil(cfg.epochs * max(1, len(plan) // (cfg.grad_accum * world)))
 
@@ -114,7 +117,7 @@ def validation_loss(loss_model: TargetLoss, encoded: list[Encoded], cfg: TrainCo
                     device, amp_dtype, extra_fields: tuple[str, ...] = ()) -> float:
     was_training = loss_model.training
     loss_model.eval()
-    lengths = [len(e.ids) for e in encoded]
+    lengths = lengths_of(encoded)
     total, targets = 0.0, 0
     for rows in plan_micro_batches(lengths, cfg.batch_tokens, row_length(lengths, cfg), cfg.packing, seed=0):
         batch = {k: v.to(device) for k, v in collate(rows, encoded, pad_id, extra_fields).items()}
@@ -133,8 +136,9 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     given, is called on every rank with one dict per event (the plan, each step's examples, each save):
     what tests of the distributed and resume behaviour compare."""
     device = accelerator.device
-    lengths = [len(e.ids) for e in train]
-    rows_of = row_length(lengths, cfg)
+    stream = train if isinstance(train, TokenStream) else None  # data.streaming: batches come as it is read
+    lengths = lengths_of(train) if stream is None else []
+    rows_of = row_length(lengths, cfg) if stream is None else stream.row_length
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     strategy = parallel_strategy(cfg, accelerator)
     say = log if main else (lambda *_: None)
@@ -162,10 +166,12 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     def epoch_plan(epoch: int) -> list[list[list[int]]]:
         return plan_micro_batches(lengths, cfg.batch_tokens, rows_of, cfg.packing, seed=seed + epoch)
 
-    plan, plan_epoch = epoch_plan(0), 0  # planned once here; later epochs are planned as they start
+    # planned once here; later epochs are planned as they start (a stream plans each window as it reads it)
+    plan, plan_epoch = (epoch_plan(0), 0) if stream is None else ([], 0)
     steps_per_epoch = max(1, len(plan) // micro_per_step)
     # A run whose schedule a time budget shortened keeps that length when resumed (a config's own
-    # max_steps or epochs may change between runs: a resume follows the config, as always).
+    # max_steps or epochs may change between runs: a resume follows the config, as always). A stream's
+    # length is unknown, so it runs max_steps (data/stream.py checks it is set).
     total_steps = saved.get("budget_steps") or cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
 
     loss_model = loss_model if loss_model is not None else TargetLoss(model)
@@ -187,6 +193,8 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
         say(f"resumed from {resume_from.name} (step {progress['step']}/{total_steps})")
         if main:
             _truncate_metrics(metrics_path, progress["step"])
+        if stream is not None and "stream" in progress:
+            stream.restore(progress["stream"])
     best_state = None
 
     def checkpoint():
@@ -235,19 +243,26 @@ def train_loop(model, train: list[Encoded], val: list[Encoded], cfg: TrainConfig
     with StopRequests(note) as stops:
         while progress["step"] < total_steps:
             t_step = time.perf_counter()  # a step's time: collation, forward, backward, update (not eval, saves)
-            if plan_epoch != progress["epoch"]:
-                plan, plan_epoch = epoch_plan(progress["epoch"]), progress["epoch"]
-            start = progress["micro_index"]
-            group = plan[start:start + micro_per_step]
-            if len(group) < micro_per_step:  # epoch exhausted: the remainder is dropped, like drop_last
-                progress["epoch"] += 1
-                progress["micro_index"] = 0
-                continue
-            batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
+            if stream is not None:  # the next micro-batches as read; its position goes into the checkpoint
+                streamed = [stream.next_micro_batch() for _ in range(micro_per_step)]
+                progress["epoch"], progress["stream"] = stream.epoch, stream.state()
+                batches = [collate(rows, window, pad_id, extra_fields) for rows, window in streamed]
+                step_tokens = sum(len(window[i].ids) for rows, window in streamed for row in rows for i in row)
+            else:
+                if plan_epoch != progress["epoch"]:
+                    plan, plan_epoch = epoch_plan(progress["epoch"]), progress["epoch"]
+                start = progress["micro_index"]
+                group = plan[start:start + micro_per_step]
+                if len(group) < micro_per_step:  # epoch exhausted: the remainder is dropped, like drop_last
+                    progress["epoch"] += 1
+                    progress["micro_index"] = 0
+                    continue
+                batches = [collate(rows, train, pad_id, extra_fields) for rows in group]
+                step_tokens = sum(sum(lengths[i] for i in row) for rows in group for row in rows)
+                trace(step=progress["step"] + 1,
+                      examples=[i for rows in group[rank::world] for row in rows for i in row])
             step_targets = sum(int(b["target_mask"].sum()) for b in batches)
-            step_tokens = sum(sum(len(train[i].ids) for i in row) for rows in group for row in rows)
             mine = batches[rank::world]  # every rank planned the same group; each runs its own share
-            trace(step=progress["step"] + 1, examples=[i for rows in group[rank::world] for row in rows for i in row])
             loss_sum = 0.0
             for k, batch in enumerate(mine):
                 batch = {key: v.to(device) for key, v in batch.items()}

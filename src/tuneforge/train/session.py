@@ -29,6 +29,8 @@ from accelerate.utils import set_seed
 
 from tuneforge.atomic import atomic_dir, atomic_write_text, write_json
 from tuneforge.config import Config, dump_config
+from tuneforge.data.pack import lengths_of
+from tuneforge.data.stream import TokenStream
 from tuneforge.data.render import Encoded, setup_chat_template
 from tuneforge.models.load import SAFE, LoadPolicy, load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
@@ -111,7 +113,7 @@ class Session:
         self.amp = resolve_precision(cfg.train.precision, self.device)
         self.model.to(self.device)
         self.log(machine_line(self.device))
-        longest = max(len(e.ids) for e in train)
+        longest = train.row_length if isinstance(train, TokenStream) else max(lengths_of(train))
         attention = choose_attention(cfg.train.attention, self.device, longest)
         self.model.set_attn_implementation(attention)
         if self.amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
