@@ -144,3 +144,10 @@ def test_apply_overrides_creates_missing_sections():
     raw = apply_overrides({"data": {"train": "x"}}, ["eval.max_examples=3", "train.betas=[0.9, 0.99]"])
     cfg = config_from_dict(raw)
     assert cfg.eval.max_examples == 3 and cfg.train.betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    from tuneforge.config import load_config
+
+    assert load_config(path, []).output_dir

@@ -264,6 +264,29 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
 
 
 @app.command()
+def score(model: Path = typer.Argument(..., help="a reward run (RUN/reward_model is read) or a reward model folder"),
+          file: str = typer.Argument(..., help="JSONL/JSON/CSV/Parquet rows: prompt + response (or completion), "
+                                               "or preference pairs (prompt, chosen, rejected)"),
+          batch_size: int = typer.Option(16, min=1),
+          max_length: int = typer.Option(1024, min=8, help="tokens per prompt + response, as data.max_length"),
+          max_prompt_length: int = typer.Option(512, min=8, help="prompts cut from the left, as in training")):
+    """Print a reward per row (tab-separated: where, reward), or per pair (where, chosen, rejected, and
+    which wins), with the pairwise accuracy at the end."""
+    from tuneforge.eval.reward_score import score_file
+
+    rows = score_file(model, file, batch_size, max_length, max_prompt_length)
+    pairs = [r for r in rows if r.chosen is not None]
+    for r in rows:
+        if r.chosen is None:
+            print(f"{r.where}\t{r.reward:.4f}")
+        else:
+            print(f"{r.where}\t{r.chosen:.4f}\t{r.rejected:.4f}\t{'chosen' if r.chosen > r.rejected else 'rejected'}")
+    if pairs:
+        right = sum(r.chosen > r.rejected for r in pairs)
+        print(f"pairwise accuracy: {right}/{len(pairs)} = {right / len(pairs):.3f}")
+
+
+@app.command()
 def generate(ctx: typer.Context, run: str = typer.Argument(..., help="run directory, adapter or model folder; with --adapter: the base"),
              prompt: str = typer.Argument(...),
              max_new_tokens: int = typer.Option(128, min=1),

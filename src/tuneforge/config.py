@@ -342,7 +342,7 @@ class PreferenceConfig(Strict):
 
 
 class Config(Strict):
-    recipe: Literal["sft", "calibration", "agent", "preference"] = "sft"
+    recipe: Literal["sft", "calibration", "agent", "preference", "reward"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42

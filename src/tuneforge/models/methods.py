@@ -137,8 +137,9 @@ _VIRTUAL_REFUSES = {
     "preference": "its virtual tokens go in front of each sequence, which breaks the packed chosen/rejected pair",
     "calibration": "the query's option logits are read at one position, which virtual tokens shift",
     "agent": "stage 1 is merged into the base the roles share, and this adapter cannot be merged",
+    "reward": "the reward model is saved merged, as a sequence-classification model, and this adapter cannot be merged",
 }
-_UNMERGEABLE_REFUSES = {"agent": _VIRTUAL_REFUSES["agent"]}
+_UNMERGEABLE_REFUSES = {"agent": _VIRTUAL_REFUSES["agent"], "reward": _VIRTUAL_REFUSES["reward"]}
 
 
 def _save_bottleneck(model: nn.Module, folder: Path) -> None:

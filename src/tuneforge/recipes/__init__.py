@@ -4,6 +4,7 @@ from tuneforge.recipes.agent import Agent
 from tuneforge.recipes.base import Recipe
 from tuneforge.recipes.calibration import Calibration
 from tuneforge.recipes.preference import Preference
+from tuneforge.recipes.reward import Reward
 from tuneforge.recipes.sft import SFT
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (SFT(), Preference(), Agent(), Calibration())}
+RECIPES: dict[str, Recipe] = {r.name: r for r in (SFT(), Preference(), Reward(), Agent(), Calibration())}

@@ -156,10 +156,11 @@ class Session:
         self.log(f"compile {why}")
         if compiling:
             compile_blocks(model)
-        self.log(f"trainable parameters: {self.trainable:,} of {self.total:,} "
-                 f"({100 * self.trainable / self.total:.2f}%)")
         self.model = model
         self.loss = loss(model) if loss else None
+        self.trainable, self.total = count_parameters(model)  # a loss may train a module of its own (a reward head)
+        self.log(f"trainable parameters: {self.trainable:,} of {self.total:,} "
+                 f"({100 * self.trainable / self.total:.2f}%)")
         return train_loop(model, train, val, cfg.train, run_dir=self.run, seed=cfg.seed,
                           pad_id=self.tokenizer.pad_token_id, accelerator=self.accelerator, amp_dtype=self.amp,
                           resume=self.resume, log=self.log, loss_model=self.loss, observe=self.observe)
