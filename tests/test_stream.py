@@ -141,6 +141,7 @@ def test_kill9_mid_stream_then_resume_matches_uninterrupted(tmp_path, tiny_llama
     ({"train": {"max_steps": None, "epochs": 1}}, "set train.max_steps"),
     ({"data": {"drop_duplicates": True}}, "data.drop_duplicates needs the whole file"),
     ({"data": {"train": "PARQUET"}}, "data.streaming reads one JSONL file"),
+    ({"recipe": "preference"}, "data.streaming is for recipe sft"),
 ])
 def test_what_streaming_cannot_do_is_refused_in_one_line(tmp_path, tiny_llama, capsys, change, message):
     data = write_jsonl(tmp_path / "d.jsonl", rows(20))
@@ -150,6 +151,9 @@ def test_what_streaming_cannot_do_is_refused_in_one_line(tmp_path, tiny_llama, c
 
     loaded = yaml.safe_load(cfg.read_text())
     for section, values in change.items():
+        if not isinstance(values, dict):
+            loaded[section] = values
+            continue
         for k, v in values.items():
             loaded[section][k] = str(tmp_path / "d.parquet") if v == "PARQUET" else v
     cfg.write_text(yaml.safe_dump(loaded))

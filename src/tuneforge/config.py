@@ -372,6 +372,8 @@ class Config(Strict):
         for where, stage in stages.items():
             if stage.keep_best and not (stage.eval_every or self.train.eval_every):
                 raise ValueError(f"{where}.keep_best needs eval_every (in the stage or in train)")
+        if self.data is not None and self.data.streaming and self.recipe != "sft":
+            raise ValueError(f"data.streaming is for recipe sft; recipe {self.recipe} reads its data whole")
         if self.data is not None and not isinstance(self.data.train, str):
             if self.recipe != "sft":
                 raise ValueError(f"data.train: recipe {self.recipe} reads one file; a list of sources (a mixture) "
