@@ -25,23 +25,7 @@ class SFT(RecipeBase):
         if cfg.data.streaming:
             check_streaming(cfg)
         s.load_model()
-        if cfg.data.streaming:
-            data = streamed_data(cfg, s.tokenizer)
-            s.log(f"data: streaming {cfg.data.train} in windows of {STREAM_WINDOW} records, shuffled within each "
-                  f"(max_length {cfg.data.max_length}, truncation {cfg.data.truncation}); "
-                  + (f"validation {cfg.data.validation}: {data.account.line()}" if cfg.data.validation else
-                     "no validation set (give data.validation: a hold-out needs the whole file)"))
-        else:
-            data = prepare_data(cfg.data, cfg.seed, s.tokenizer)
-            if data.cache:
-                s.log(f"data: {data.cache}")
-            if not data.train:
-                raise UserError(f"data.train: no usable examples in {cfg.data.train} ({data.account.line()}); "
-                                "raise data.max_length or check the data")
-            s.log(f"data: {data.account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
-            for line in data.account.source_lines():
-                s.log(line)
-            data.account.check(cfg.data.max_lost)
+        data = sft_data(s)
         s.start()
         s.prepare(data.train)
 
@@ -72,6 +56,29 @@ class SFT(RecipeBase):
     def outputs(self, run: Path) -> dict[str, Path]:
         files = RunDir(run)
         return {"artifact": files.artifact(), "report": files.report_md, "loss plot": files.loss_plot}
+
+
+def sft_data(s: Session) -> PreparedData:
+    """The encoded data (the cache, or a stream with its validation file), logged with its account."""
+    cfg = s.cfg
+    if cfg.data.streaming:
+        data = streamed_data(cfg, s.tokenizer)
+        s.log(f"data: streaming {cfg.data.train} in windows of {STREAM_WINDOW} records, shuffled within each "
+              f"(max_length {cfg.data.max_length}, truncation {cfg.data.truncation}); "
+              + (f"validation {cfg.data.validation}: {data.account.line()}" if cfg.data.validation else
+                 "no validation set (give data.validation: a hold-out needs the whole file)"))
+        return data
+    data = prepare_data(cfg.data, cfg.seed, s.tokenizer)
+    if data.cache:
+        s.log(f"data: {data.cache}")
+    if not data.train:
+        raise UserError(f"data.train: no usable examples in {cfg.data.train} ({data.account.line()}); "
+                        "raise data.max_length or check the data")
+    s.log(f"data: {data.account.line()} (max_length {cfg.data.max_length}, truncation {cfg.data.truncation})")
+    for line in data.account.source_lines():
+        s.log(line)
+    data.account.check(cfg.data.max_lost)
+    return data
 
 
 def streamed_data(cfg: Config, tokenizer) -> PreparedData:
