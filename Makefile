@@ -25,8 +25,8 @@ demo: setup
 	@echo "see it in the browser: $(BIN)/tuneforge ui   (then open http://127.0.0.1:8765/)"
 
 # Calibration tuning on open arithmetic of graded difficulty, evaluated with intervals against trivial
-# predictors; the table and reliability diagrams go into docs/calibration.md. Estimated under an hour on
-# 2 cores (40-50 min from its parts; not yet measured end to end in this setup).
+# predictors; the table and reliability diagrams go into docs/calibration.md. On
+# 2 cores (83 min measured 2026-12-02 with other jobs sharing the cores; about 50 min alone, from its stages).
 calibration-demo: setup
 	$(BIN)/tuneforge models default
 	@start=$$(date +%s) && \
