@@ -110,14 +110,18 @@ def llamafactory(venv: Path, data: Path, tokenizer: str, max_length: int, num_pr
     proc = subprocess.Popen([str(venv / "bin" / "llamafactory-cli"), "train", str(lf / "config.yaml")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", DISABLE_VERSION_CHECK="1"))
-    done = lf / "tokenized" / "dataset_dict.json"
-    while not done.is_file() and proc.poll() is None:
+    def saved() -> bool:  # dataset_dict.json comes first, then each split's folder, state.json last
+        index = lf / "tokenized" / "dataset_dict.json"
+        return index.is_file() and all((lf / "tokenized" / split / "state.json").is_file()
+                                       for split in json.loads(index.read_text())["splits"])
+
+    while not saved() and proc.poll() is None:
         time.sleep(0.2)
     seconds = time.perf_counter() - start
     peak = _tree_rss_mb(proc.pid)
     proc.kill()
     proc.wait()
-    if not done.is_file():
+    if not saved():
         raise SystemExit("LLaMA-Factory did not save its tokenized dataset")
     import datasets
 
