@@ -27,6 +27,17 @@ def lengths_of(encoded) -> list[int]:
     return stored.tolist() if stored is not None else [len(e.ids) for e in encoded]
 
 
+def right_padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of shape [n, longest]: one sequence per row, padded on the right."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
 def _first_fit_decreasing(indices: list[int], lengths: list[int], row_length: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []

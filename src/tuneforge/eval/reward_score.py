@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.data.pack import right_padded
 from tuneforge.data.preference import encode_pair, to_pair
 from tuneforge.data.sources import Record, read_records
 from tuneforge.errors import UserError
@@ -44,22 +45,15 @@ def _sequences(rec: Record, tokenizer, max_length: int, max_prompt_length: int) 
 
 @torch.inference_mode()
 def _rewards(model, sequences: list[list[int]], pad_id: int, batch_size: int) -> list[float]:
-    out = []
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths share a batch
     scores = [0.0] * len(sequences)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        width = max(len(sequences[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
-            mask[r, :len(sequences[i])] = 1
+        ids, mask = right_padded([sequences[i] for i in idx], pad_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, 0].float()
         for r, i in enumerate(idx):
             scores[i] = float(logits[r])
-    out.extend(scores)
-    return out
+    return scores
 
 
 def score_file(model_dir: Path, file: str, batch_size: int = 16, max_length: int = 1024,

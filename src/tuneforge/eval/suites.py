@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from tuneforge.config import SuiteConfig
+from tuneforge.data.pack import right_padded
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import generation_autocast, generate, render_prompt
 from tuneforge.eval.metrics import METRICS, normalize_answer
@@ -299,12 +300,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[in
         with torch.inference_mode(), generation_autocast(device, device.type == "cuda"):
             for b in range(0, len(order), batch_size):
                 idx = order[b:b + batch_size]
-                width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[row, :len(seqs[i])] = 1
+                ids, mask = right_padded([seqs[i] for i in idx], pad)
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
                 logp = torch.log_softmax(logits, dim=-1)
                 for row, i in enumerate(idx):
