@@ -146,3 +146,22 @@ def test_an_empty_split_and_all_lost_are_stored_and_counted(tmp_path, tok):
     assert len(prepared.train) == 0 and len(prepared.val) == 0
     assert prepared.account.too_long == 3 and prepared.account.balanced()
     assert prepare(cfg(tmp_path, data, val_ratio=0, truncation="drop"), 0, tok).cache.startswith("cache hit")
+
+
+def test_resume_and_compare_methods_start_from_the_cache(tmp_path, tiny_llama, capsys):
+    from tuneforge.config import load_config
+    from tuneforge.recipes.compare import method_configs
+
+    data = write_jsonl(tmp_path / "d.jsonl", rows(40))
+    cache = tmp_path / "cache"
+    c = write_config(tmp_path / "c.yaml", tiny_llama, data, tmp_path / "run",
+                     data={"max_length": 64, "cache_dir": str(cache)}, train={"max_steps": 2, "save_every": 1},
+                     eval={"before_after": False})
+    code, out, err = run_cli(["train", c, "--overwrite"], capsys)
+    assert code == 0 and "data: cached in" in out + err, err
+    code, out, err = run_cli(["train", c, "--resume", "train.max_steps=3"], capsys)
+    assert code == 0 and "data: cache hit" in out + err, err
+    # compare-methods trains each method from a config that differs only in `method` and `output_dir`:
+    # the same data section, so the same entry
+    for cfg in method_configs(load_config(c, []), ["lora", "full"], tmp_path / "cmp").values():
+        assert cfg["data"] == load_config(c, []).data.model_dump(mode="json")
