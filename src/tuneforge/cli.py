@@ -264,7 +264,8 @@ def export(ctx: typer.Context, run: Path = typer.Argument(..., help="run directo
 
 
 @app.command()
-def score(model: Path = typer.Argument(..., help="a reward run (RUN/reward_model is read) or a reward model folder"),
+def score(ctx: typer.Context,
+          model: Path = typer.Argument(..., help="a reward run (RUN/reward_model is read) or a reward model folder"),
           file: str = typer.Argument(..., help="JSONL/JSON/CSV/Parquet rows: prompt + response (or completion), "
                                                "or preference pairs (prompt, chosen, rejected)"),
           batch_size: int = typer.Option(16, min=1),
@@ -274,7 +275,7 @@ def score(model: Path = typer.Argument(..., help="a reward run (RUN/reward_model
     which wins), with the pairwise accuracy at the end."""
     from tuneforge.eval.reward_score import score_file
 
-    rows = score_file(model, file, batch_size, max_length, max_prompt_length)
+    rows = score_file(model, file, batch_size, max_length, max_prompt_length, _policy(ctx))
     pairs = [r for r in rows if r.chosen is not None]
     for r in rows:
         if r.chosen is None:

@@ -57,9 +57,9 @@ def _rewards(model, sequences: list[list[int]], pad_id: int, batch_size: int) ->
 
 
 def score_file(model_dir: Path, file: str, batch_size: int = 16, max_length: int = 1024,
-               max_prompt_length: int = 512) -> list[Scored]:
+               max_prompt_length: int = 512, policy=None) -> list[Scored]:
     folder = model_dir / "reward_model" if (model_dir / "reward_model").is_dir() else model_dir
-    model, tokenizer = load_reward_model(folder)
+    model, tokenizer = load_reward_model(folder, policy)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.pad_token_id
     records = read_records(file)
     per_row = [_sequences(rec, tokenizer, max_length, max_prompt_length) for rec in records]

@@ -74,13 +74,18 @@ def save_reward_model(model: nn.Module, tokenizer, folder: Path) -> Path:
 
 
 def load_reward_model(folder: Path, policy=None):
-    """(model, tokenizer) of a saved reward model folder, ready to score."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer) of a saved reward model folder, ready to score, under the loading-safety
+    policy (no remote code, safetensors only, unless the CLI's switches say otherwise)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.models.load import SAFE, _from_pretrained, load_tokenizer
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a reward model folder (no config.json); give RUN/reward_model or a "
                         "sequence-classification model folder")
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32)
+    policy = policy or SAFE
+    model = _from_pretrained(AutoModelForSequenceClassification, str(folder), policy, weights=True,
+                             dtype=torch.float32)
     if model.config.num_labels != 1:
         raise UserError(f"{folder}: a reward model has one output; this one has {model.config.num_labels} labels")
-    return model.eval(), AutoTokenizer.from_pretrained(str(folder))
+    return model.eval(), load_tokenizer(str(folder), policy)
