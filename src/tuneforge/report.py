@@ -58,3 +58,13 @@ def write_report(run: Path, summary: dict) -> Path:
     path = RunDir(run).report_md
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def insert_section(path: Path, lines: list[str]) -> None:
+    """Put a recipe's own section into report.md just before the loss plot (or at the end)."""
+    from tuneforge.atomic import atomic_write_text
+
+    text = path.read_text()
+    marker = "![loss]"
+    at = text.index(marker) if marker in text else len(text)
+    atomic_write_text(path, text[:at] + "\n".join(lines) + "\n" + text[at:])

@@ -28,8 +28,8 @@ import numpy as np
 from tuneforge.atomic import write_json
 from tuneforge.config import DataConfig
 from tuneforge.data.account import DataAccount
-from tuneforge.data.dataset import (ENCODE_CHUNK, KEPT, EncodedSplit, Splits, account_for, load_splits, outcome,
-                                    tally, unique)
+from tuneforge.data.dataset import (ENCODE_CHUNK, KEPT, EncodedSplit, Splits, account_for, encode_split,
+                                    load_splits, outcome, tally, unique)
 from tuneforge.data.formats import Example, Segment
 from tuneforge.data.render import Encoded, encode_many
 
@@ -268,8 +268,6 @@ def _load(entry: Path, how: str) -> PreparedData:
 
 
 def _in_memory(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
-    from tuneforge.data.dataset import encode_split
-
     splits = load_splits(cfg, seed)
     train, val = encode_split(splits.train, tokenizer, cfg), encode_split(splits.val, tokenizer, cfg)
     return PreparedData(train.encoded, val.encoded, val.examples, account_for(splits, train, val),

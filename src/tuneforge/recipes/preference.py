@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.atomic import atomic_write_text
 from tuneforge.config import Config
 from tuneforge.data.kto import encode_rated, load_rated_splits
 from tuneforge.data.preference import encode_pairs, load_pair_splits
 from tuneforge.errors import UserError
 from tuneforge.models.methods import METHODS
-from tuneforge.report import write_report
+from tuneforge.report import insert_section, write_report
 from tuneforge.run_dir import RunDir
 from tuneforge.train.losses.dpo import DPOLoss, evaluate_pairs
 from tuneforge.train.losses.kto import KTOLoss, evaluate_rated
@@ -146,7 +145,4 @@ def _write_preference_report(run: Path, summary: dict) -> None:
         lines += [f"### {name} ({count})", "", "| metric | before | after |", "|---|---|---|"]
         lines += [f"| {label} | {b.get(key, '-')} | {a[key]} |" for key, label in (KTO_ROWS if kto else ROWS)]
         lines.append("")
-    text = path.read_text()
-    marker = "![loss]"
-    at = text.index(marker) if marker in text else len(text)
-    atomic_write_text(path, text[:at] + "\n".join(lines) + "\n" + text[at:])
+    insert_section(path, lines)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.atomic import atomic_write_text
 from tuneforge.data.preference import encode_pairs, load_pair_splits
 from tuneforge.errors import UserError
 from tuneforge.models.reward_head import attach_score_head, save_reward_model, sequence_classification_class
 from tuneforge.recipes.base import RecipeBase
-from tuneforge.report import write_report
+from tuneforge.report import insert_section, write_report
 from tuneforge.run_dir import RunDir
 from tuneforge.train.losses.reward import RewardLoss, evaluate_reward_pairs
 from tuneforge.train.session import Session
@@ -87,7 +86,4 @@ def _write_reward_report(run: Path, summary: dict) -> None:
         lines += [f"### {name} ({a['pairs']} pairs)", "", "| metric | before | after |", "|---|---|---|"]
         lines += [f"| {label} | {b.get(key, '-')} | {a[key]} |" for key, label in ROWS]
         lines.append("")
-    text = path.read_text()
-    marker = "![loss]"
-    at = text.index(marker) if marker in text else len(text)
-    atomic_write_text(path, text[:at] + "\n".join(lines) + "\n" + text[at:])
+    insert_section(path, lines)
