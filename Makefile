@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
+EXTRAS := $(VENV)/.extras-stamp
+$(EXTRAS): $(STAMP) requirements-extras.lock
+	$(BIN)/python -m pip install -q -r requirements-extras.lock
+	touch $(EXTRAS)
+
 demo: setup
 	$(BIN)/tuneforge models default
 	$(BIN)/tuneforge data demo data/generated/dates --n-train 2000 --n-val 200
@@ -61,10 +66,10 @@ browser:
 	    || echo "browser: apt-get install chromium chromium-driver failed; the UI browser tests will be skipped"; \
 	fi
 
-test: setup browser
+test: setup $(EXTRAS) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup $(EXTRAS)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 bench: setup

@@ -174,7 +174,7 @@ ROWS = [
     Case("config_override_syntax", train(), ("train", "{cfg}", "train.lr"), ("train.lr", "key.path=value")),
     Case("config_override_into_scalar", train(), ("train", "{cfg}", "train.lr.x=1"),
          ("train.lr.x=1", "'lr' is not a section")),
-    Case("config_unknown_method", train(method="qlora"), ("train", "{cfg}"), ("method", "qlora", "full, freeze, lora")),
+    Case("config_unknown_method", train(method="loha"), ("train", "{cfg}"), ("method", "loha", "full, freeze, lora")),
     Case("config_unknown_method_section", train(method={"name": "adalora", "r": 4}), ("train", "{cfg}"),
          ("method", "adalora", "full, freeze, lora, dora")),
     Case("config_option_of_other_method", train(method={"name": "full", "r": 4}), ("train", "{cfg}"),

@@ -80,8 +80,8 @@ def test_options_of_another_method_are_rejected_by_name(method, key):
 
 
 def test_unknown_method_lists_the_available_ones():
-    with pytest.raises(UserError, match="unknown method 'qlora'; available: full, freeze, lora"):
-        config_from_dict({**BASE, "method": "qlora"})
+    with pytest.raises(UserError, match="unknown method 'loha'; available: full, freeze, lora"):
+        config_from_dict({**BASE, "method": "loha"})
 
 
 def test_several_errors_in_one_line():

@@ -73,3 +73,31 @@ def test_a_time_budget_shortens_the_schedule_to_fit(tmp_path, tiny_llama, dates_
     steps = [r for r in rows if "loss" in r]
     assert 3 <= len(steps) < 40
     assert steps[-1]["lr"] == 0.0  # the cosine schedule ends at the shortened last step
+
+
+def test_compile_auto_weighs_the_device_and_the_time_budget(monkeypatch):
+    from tuneforge.train.levers import COMPILE_COST, MIN_COMPILE_STEPS_FP32, budget_pays_for_compile
+
+    monkeypatch.setattr("tuneforge.train.levers.has_compiler", lambda device: True)
+    big = 135_000_000
+    # fp32 on an AVX2-only CPU: ~110 s once for steps 1.10x faster, so it needs a long run
+    off, why = compile_choice("auto", CPU, big, MIN_COMPILE_STEPS_FP32 - 1, fast_bf16=False)
+    assert not off and "in fp32" in why
+    assert compile_choice("auto", CPU, big, MIN_COMPILE_STEPS_FP32, fast_bf16=False)[0]
+    # the demo's 6-minute budget: it pays with native bf16 (saves (360-30)*(1-1/1.69) = 135 s > 30 s),
+    # not in fp32 (saves (360-110)*(1-1/1.1) = 23 s < 110 s)
+    assert compile_choice("auto", CPU, big, 100, fast_bf16=True, budget_s=360)[0]
+    off, why = compile_choice("auto", CPU, big, 100, fast_bf16=False, budget_s=360)
+    assert not off and "time_budget_s 360" in why
+    cost, speedup = COMPILE_COST["fp32"]
+    assert not budget_pays_for_compile(1200, cost, speedup)  # (1200-110)*0.0909 = 99 s < 110 s
+    assert budget_pays_for_compile(1400, cost, speedup)  # (1400-110)*0.0909 = 117 s > 110 s
+
+
+def test_the_final_validation_is_kept_inside_the_budget():
+    from tuneforge.train.loop import VALIDATION_TOKEN_SHARE, final_validation_seconds, steps_within
+
+    # steps of 4,000 tokens in 40 s: 0.01 s a token; 10,000 validation tokens at half that: 50 s
+    reserve = final_validation_seconds([6_000, 4_000], [40.0, 40.0], [4_000, 4_000])
+    assert reserve == 10_000 * 0.01 * VALIDATION_TOKEN_SHARE == 50.0
+    assert steps_within(360 - reserve, 150, [40.0, 40.0], done=3, total=39) == 3 + 4  # 160 s left: 4 steps

@@ -77,6 +77,26 @@ def train(
 
 
 @app.command()
+def estimate(
+    ctx: typer.Context,
+    config: Path = typer.Argument(..., help="YAML config file"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, e.g. train.batch_tokens=8192"),
+    processes: int = typer.Option(1, "--processes", min=1, help="processes of the run (DDP replicates the model; "
+                                                               "train.distributed: fsdp shards it over them)"),
+    device: str = typer.Option("both", "--device", help="cpu | cuda | both"),
+):
+    """Will it fit? The memory a run of CONFIG needs, from the model's config.json alone (no weights loaded)."""
+    from tuneforge.config import load_config, require_data
+    from tuneforge.train.estimate import estimate_command
+
+    devices = {"cpu": ("cpu",), "cuda": ("cuda",), "both": ("cpu", "cuda")}.get(device)
+    if devices is None:
+        raise UserError(f"--device {device}: choose cpu, cuda or both")
+    cfg = require_data(load_config(config, overrides or []), str(config))
+    print(estimate_command(cfg, _policy(ctx), devices, processes))
+
+
+@app.command()
 def calibrate(
     ctx: typer.Context,
     config: Path = typer.Argument(..., help="YAML config with recipe: calibration"),
@@ -401,6 +421,28 @@ def data_demo(out: Path = typer.Argument(...), n_train: int = typer.Option(2000)
     from tuneforge.data.demo_tasks import write_dates_dataset
 
     train_path, val_path = write_dates_dataset(out, n_train, n_val, seed)
+    print(f"wrote {train_path} and {val_path}")
+
+
+@data_app.command("passkey")
+def data_passkey(ctx: typer.Context, out: Path = typer.Argument(...),
+                 lengths: str = typer.Option(..., help="prompt lengths in tokens (chat template included), "
+                                             "comma-separated, e.g. 2048,4096; examples cycle over them"),
+                 n_train: int = typer.Option(200, min=1), n_val: int = typer.Option(20, min=1),
+                 model: Optional[str] = typer.Option(None, help="whose tokenizer counts the tokens (default: "
+                                                     "the embedded SmolLM2-135M-Instruct)"),
+                 seed: int = typer.Option(0)):
+    """Write pass-key retrieval examples (a number hidden in filler text; alpaca JSONL) to OUT/train.jsonl
+    and OUT/val.jsonl: training data for a longer context (see examples/long_context.yaml)."""
+    from tuneforge.data.passkey import write_passkey_dataset
+    from tuneforge.models.load import load_tokenizer, resolve_model_path
+
+    try:
+        sizes = [int(x) for x in lengths.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--lengths {lengths!r}: give token counts separated by commas, e.g. 2048,4096") from None
+    tok = load_tokenizer(resolve_model_path(model), _policy(ctx))
+    train_path, val_path = write_passkey_dataset(out, tok, sizes, n_train, n_val, seed)
     print(f"wrote {train_path} and {val_path}")
 
 

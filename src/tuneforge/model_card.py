@@ -14,6 +14,7 @@ import yaml
 from tuneforge.atomic import atomic_write_text
 from tuneforge.config import Config
 from tuneforge.data.account import DataAccount
+from tuneforge.report import before_after_table
 
 CARD = "README.md"
 
@@ -56,9 +57,7 @@ def card_text(cfg: Config, summary: dict, run: Path, adapter: bool) -> str:
     lines += ["", "## Results", ""]
     ev = summary.get("evaluation")
     if ev:
-        before = f"{ev['before']:.4f}" if ev.get("before") is not None else "not scored"
-        lines += [f"On {ev['examples']} held-out examples ({ev['metric']}):", "", "| model | score |", "|---|---|",
-                  f"| base | {before} |", f"| tuned | {ev['after']:.4f} |"]
+        lines += [f"On {ev['examples']} held-out examples ({ev['metric']}):", ""] + before_after_table(ev)
     elif summary.get("preference_eval"):
         for name, res in summary["preference_eval"].items():
             after = res["after"]

@@ -33,6 +33,34 @@ def plot_loss(run: Path) -> Path | None:
     return atomic_savefig(fig, RunDir(run).loss_plot)
 
 
+REWARD_PLOT = "reward.png"
+
+
+def plot_reward(run: Path) -> Path | None:
+    """plots/reward.png: the mean reward of each step's sampled completions, +- their standard deviation
+    (recipe rl's metrics.jsonl `reward_mean`, `reward_std`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in RunDir(run).metrics() if "reward_mean" in r]
+    if not rows:
+        return None
+    steps, mean = [r["step"] for r in rows], [r["reward_mean"] for r in rows]
+    std = [r.get("reward_std", 0.0) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
+                    label="+- std over the step's completions")
+    ax.plot(steps, mean, linewidth=1.2, label="mean reward of the step's completions")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward")
+    ax.set_title(run.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return atomic_savefig(fig, RunDir(run).plots / REWARD_PLOT)
+
+
 def write_report(run: Path, summary: dict) -> Path:
     write_json(RunDir(run).report_json, summary)
     lines = [f"# Run report: {run.name}", ""]
@@ -45,10 +73,8 @@ def write_report(run: Path, summary: dict) -> Path:
             lines.append(f"- **data**: {DataAccount.from_dict(summary['data']).line()}")
     ev = summary.get("evaluation")
     if ev:
-        lines += ["", f"## Before / after ({ev['metric']}, {ev['examples']} held-out examples)", "",
-                  "| model | " + ev["metric"] + " |", "|---|---|",
-                  f"| base | {ev['before']:.4f} |" if ev["before"] is not None else "| base | (not scored) |",
-                  f"| tuned | {ev['after']:.4f} |"]
+        lines += ["", f"## Before / after ({ev['metric']}, {ev['examples']} held-out examples)", ""]
+        lines += before_after_table(ev)
         if ev.get("samples"):
             lines += ["", "### Samples", "", "| prompt | reference | base | tuned |", "|---|---|---|---|"]
             for s in ev["samples"]:
@@ -58,6 +84,26 @@ def write_report(run: Path, summary: dict) -> Path:
     path = RunDir(run).report_md
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _interval(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+
+
+def before_after_table(ev: dict) -> list[str]:
+    """Scores with their 95% bootstrap intervals over the items, and the paired difference (sft's
+    eval/before_after.compare); a run scored without them shows the bare scores."""
+    base = f"{ev['before']:.4f}" if ev["before"] is not None else "(not scored)"
+    lines = [f"| model | {ev['metric']} | 95% interval |", "|---|---|---|",
+             f"| base | {base} | {_interval(ev.get('before_ci'))} |",
+             f"| tuned | {ev['after']:.4f} | {_interval(ev.get('after_ci'))} |"]
+    diff = ev.get("difference")
+    if diff and diff[0] is not None:
+        lines += ["", f"Tuned minus base, paired over the same {ev.get('n', ev['examples'])} items: "
+                      f"{diff[0]:+.4f} {_interval(diff[1:])} (bootstrap, 2,000 resamples)"
+                  + (f"; McNemar p = {ev['mcnemar']['p_value']:.2g} ({ev['mcnemar']['b10']} items fixed, "
+                     f"{ev['mcnemar']['b01']} broken)" if ev.get("mcnemar") else "") + "."]
+    return lines
 
 
 def insert_section(path: Path, lines: list[str]) -> None:

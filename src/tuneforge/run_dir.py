@@ -7,6 +7,7 @@
       adapter/ | model/      the artifact: a PEFT adapter folder or an HF model folder
       eval_before.json       the base model's score, kept so --resume does not score it again
       report.md, report.json, plots/loss.png                       sft, preference (last: report.json)
+      tensorboard/, mlruns/, wandb/, trackers.json                 train.report_to (train/trackers.py)
       answers.jsonl, answering.json, graded.jsonl, grading.json,
       calibration.json, probe.safetensors, calibration_results.json, calibration.md   calibration stages
       data_report.json, global/ (merged/), roles/NAME/, single/,

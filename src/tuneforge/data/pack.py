@@ -21,6 +21,14 @@ from tuneforge.data.render import Encoded
 PACK_WINDOW = 512
 
 
+def is_online(train) -> bool:
+    """A batch source read while training instead of a list planned up front (data.stream.TokenStream, the
+    RL rollouts of train.rollouts): `next_micro_batch()` gives (rows of example indices, the examples they
+    index), `state()` / `restore()` its position for checkpoints, `epoch` and `row_length` its progress and
+    longest row. It may also report per-step metrics with `step_metrics(step_seconds)`."""
+    return hasattr(train, "next_micro_batch")
+
+
 def lengths_of(encoded) -> list[int]:
     """Token counts of encoded examples: the stored array of a memory-mapped store, else each one's ids."""
     stored = getattr(encoded, "lengths", None)
@@ -105,15 +113,19 @@ def collate(rows: list[list[int]], encoded: list[Encoded], pad_id: int,
     """input_ids / position_ids / target_mask tensors of shape [rows, longest row].
 
     `extra_fields` asks for what a non-default loss needs: "target_weight" (each token carries its
-    example's weight) and any named position mask: "aux_mask" or a key of `Encoded.masks` (False
-    where an example lacks it). Position ids restart at every example and at its `restarts`.
+    example's weight), a per-token float an example holds in `token_values` (RL: the advantage and the
+    sampling-time log-probability of each token; 0 where an example lacks it) and any named position
+    mask: "aux_mask" or a key of `Encoded.masks` (False where an example lacks it). Position ids restart
+    at every example and at its `restarts`.
     """
     width = max(sum(len(encoded[i].ids) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     weight = torch.zeros((len(rows), width)) if "target_weight" in extra_fields else None
-    named = {name: torch.zeros((len(rows), width), dtype=torch.bool)
+    valued = {name for name in extra_fields for row in rows for i in row
+              if name in (getattr(encoded[i], "token_values", None) or {})}
+    named = {name: torch.zeros((len(rows), width), dtype=torch.float32 if name in valued else torch.bool)
              for name in extra_fields if name != "target_weight"}
     for r, row in enumerate(rows):
         at = 0
@@ -126,7 +138,7 @@ def collate(rows: list[list[int]], encoded: list[Encoded], pad_id: int,
             if weight is not None:
                 weight[r, at:at + n] = e.weight
             for name, tensor in named.items():
-                values = e.named_mask(name)
+                values = (getattr(e, "token_values", None) or {}).get(name) if name in valued else e.named_mask(name)
                 if values is not None:
                     tensor[r, at:at + n] = torch.tensor(values)
             at += n

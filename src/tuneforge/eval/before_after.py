@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 
 from tuneforge.config import EvalConfig
 from tuneforge.data.formats import Example
 from tuneforge.eval.generate import generate
-from tuneforge.eval.metrics import corpus_score
+from tuneforge.eval.metrics import METRICS, corpus_score
+from tuneforge.eval.statistics import bootstrap_ci, mcnemar, paired_bootstrap_diff
 
 
 def _messages(example: Example) -> list[dict]:
@@ -19,12 +21,49 @@ def generative_examples(examples: list[Example], limit: int | None) -> list[Exam
     return usable[:limit] if limit else usable
 
 
-def score_generations(model, tokenizer, examples: list[Example], cfg: EvalConfig, bf16: bool) -> dict:
+# Fewer held-out examples than this are not cut for time: below it an interval says little.
+MIN_TIMED_EXAMPLES = 64
+
+
+def score_generations(model, tokenizer, examples: list[Example], cfg: EvalConfig, bf16: bool,
+                      time_budget_s: float | None = None, log=None) -> dict:
+    """Generate an answer per example and score it. With `time_budget_s`, the first batch is timed and
+    only as many examples as fit are scored (never fewer than MIN_TIMED_EXAMPLES), said through `log`;
+    "n" in the result is how many were scored, so a later evaluation can score the same ones."""
     prompts = [_messages(e) for e in examples]
-    preds = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                     autocast_bf16=bf16)
     refs = [e.reference for e in examples]
-    return {"score": corpus_score(cfg.metric, preds, refs), "predictions": preds}
+
+    def answer(chunk: list) -> list[str]:
+        return generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                        autocast_bf16=bf16)
+
+    if time_budget_s is None or len(prompts) <= cfg.batch_size:
+        preds = answer(prompts)
+    else:
+        start = time.perf_counter()
+        preds = answer(prompts[:cfg.batch_size])
+        per_batch = time.perf_counter() - start
+        fits = cfg.batch_size * max(1, int(time_budget_s // max(per_batch, 1e-9)))
+        n = min(len(prompts), max(fits, MIN_TIMED_EXAMPLES))
+        if n < len(prompts) and log is not None:
+            log(f"eval.time_budget_s {time_budget_s:.0f} s: a batch of {cfg.batch_size} took {per_batch:.1f} s, "
+                f"so {n} of {len(prompts)} held-out examples are scored (before and after alike)")
+        preds += answer(prompts[cfg.batch_size:n])
+        refs = refs[:n]
+    return {"score": corpus_score(cfg.metric, preds, refs), "predictions": preds, "n": len(preds)}
+
+
+def compare(metric: str, before: list[str], after: list[str], refs: list[str]) -> dict:
+    """Before and after on the same items: each score's 95% bootstrap interval over items, the paired
+    difference with its interval, and for exact match McNemar's test on the items that changed."""
+    fn = METRICS[metric]
+    b = [fn(p, r) for p, r in zip(before, refs)]
+    a = [fn(p, r) for p, r in zip(after, refs)]
+    out = {"n": len(refs), "before_ci": list(bootstrap_ci(b)[1:]), "after_ci": list(bootstrap_ci(a)[1:]),
+           "difference": list(paired_bootstrap_diff(a, b))}
+    if metric == "exact_match":
+        out["mcnemar"] = mcnemar([x == 1.0 for x in a], [x == 1.0 for x in b])
+    return out
 
 
 def loss_summary(loss: float) -> dict:

@@ -10,6 +10,7 @@ Kinds (SuiteConfig.kind):
 - perplexity: token-level perplexity and bits per byte of record[target_field] (or record["text"]);
               no template, no chat formatting.
 - bias:       delegated to tuneforge.eval.bias.run_bias_suite.
+- passkey:    a number hidden in filler at chosen lengths and depths (tuneforge.eval.passkey); no data file.
 
 Everything random (which examples are scored, which are shown as shots) is seeded, so two runs, or
 two models in one run, see exactly the same prompts.
@@ -29,6 +30,7 @@ from tuneforge.data.pack import right_padded
 from tuneforge.errors import UserError
 from tuneforge.eval.generate import generation_autocast, generate, render_prompt
 from tuneforge.eval.metrics import METRICS, normalize_answer
+from tuneforge.eval.passkey import run_passkey_suite
 
 NUMERIC_TOLERANCE = 1e-4  # relative, as in calibration's numeric grader
 N_SAMPLES = 5  # prompts / predictions / references kept per suite for the report
@@ -406,7 +408,7 @@ def _run_perplexity(model, tokenizer, suite: SuiteConfig, data: SuiteData, batch
 # ---------------------------------------------------------------------------------------------
 # entry point
 
-MAIN_METRIC = {"choice": "acc", "perplexity": "perplexity"}
+MAIN_METRIC = {"choice": "acc", "perplexity": "perplexity", "passkey": "acc"}
 
 
 def main_metric(suite: SuiteConfig, result: dict | None = None) -> str | None:
@@ -435,6 +437,8 @@ def run_suite(model, tokenizer, suite: SuiteConfig, seed: int = 0, batch_size: i
                 raise
             raise UserError(f"suite '{suite.name}': kind: bias is not available in this install") from None
         return dict(run_bias_suite(model, tokenizer, suite, batch_size=batch_size))
+    if suite.kind == "passkey":
+        return run_passkey_suite(model, tokenizer, suite, seed, batch_size)
     data = suite_data(suite, seed)
     if suite.kind == "generate":
         return _run_generate(model, tokenizer, suite, data, seed, batch_size)

@@ -16,6 +16,7 @@ from tuneforge.models.load import SAFE, LoadPolicy, check_weights_format, load_m
 from tuneforge.models.bottleneck import (is_bottleneck_dir, is_bottleneck_model, load_bottleneck,
                                          set_bottleneck_enabled)
 from tuneforge.models.merge import locate_artifact, check_adapter_fits
+from tuneforge.models.rope import shared_rope_scaling
 
 
 @contextlib.contextmanager
@@ -57,7 +58,9 @@ class AdapterSet:
     def __init__(self, base: str, adapters: dict[str, Path], policy: LoadPolicy = SAFE):
         self.policy = policy
         self.base_path = resolve_model_path(base)
-        self.model = load_model(self.base_path, policy=policy)
+        # One base serves every adapter: a context stretch they were trained with is applied to it (the same one).
+        rope = shared_rope_scaling([locate_artifact(p) for p in adapters.values()])
+        self.model = load_model(self.base_path, policy=policy, rope_scaling=rope)
         self.tokenizer = load_tokenizer(self.base_path, policy)
         self.names: list[str] = []  # PEFT adapters
         self.bottleneck: str | None = None

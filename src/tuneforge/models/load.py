@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.config import RopeScalingConfig
 from tuneforge.errors import UserError
 from tuneforge.models.policy import SAFE, LoadPolicy
+from tuneforge.models.rope import apply_rope_scaling
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -91,20 +93,30 @@ def load_tokenizer(name: str, policy: LoadPolicy = SAFE):
 
 
 def load_model(name: str, dropout: float | None = None, dtype: torch.dtype = torch.float32,
-               policy: LoadPolicy = SAFE):
-    """fp32 master weights by default; compute runs in bf16 under autocast when the hardware has it."""
+               policy: LoadPolicy = SAFE, rope_scaling: RopeScalingConfig | None = None,
+               max_length: int | None = None, quantization: dict | None = None):
+    """fp32 master weights by default; compute runs in bf16 under autocast when the hardware has it.
+    `rope_scaling` stretches the context before the weights load (checked to reach `max_length`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
     config = _from_pretrained(AutoConfig, name, policy)
+    if rope_scaling is not None:
+        apply_rope_scaling(config, rope_scaling, max_length, name)
     if dropout is not None:
         for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                     "dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    return _from_pretrained(AutoModelForCausalLM, name, policy, weights=True, config=config, dtype=dtype)
+    # quantization: from_pretrained arguments that quantize the frozen base (models/quantize.py)
+    return _from_pretrained(AutoModelForCausalLM, name, policy, weights=True, config=config, dtype=dtype,
+                            **(quantization or {}))
 
 
-def load_model_and_tokenizer(name: str | None, dropout: float | None = None, policy: LoadPolicy = SAFE):
+def load_model_and_tokenizer(name: str | None, dropout: float | None = None, policy: LoadPolicy = SAFE,
+                             rope_scaling: RopeScalingConfig | None = None, max_length: int | None = None,
+                             quantization: dict | None = None):
     path = resolve_model_path(name)
-    return load_model(path, dropout, policy=policy), load_tokenizer(path, policy), path
+    model = load_model(path, dropout, policy=policy, rope_scaling=rope_scaling, max_length=max_length,
+                       quantization=quantization)
+    return model, load_tokenizer(path, policy), path

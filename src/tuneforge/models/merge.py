@@ -11,6 +11,8 @@ from tuneforge.models.load import (SAFE, LoadPolicy, check_weights_format, load_
                                    resolve_model_path)
 from tuneforge.models.bottleneck import is_bottleneck_dir, read_bottleneck_config
 from tuneforge.models.methods import METHODS, artifact_method
+from tuneforge.models.quantize import check_backend, dequantize_base, quantized_load_args, run_quantize
+from tuneforge.models.rope import run_rope_scaling
 from tuneforge.atomic import atomic_dir
 from tuneforge.run_dir import RunDir
 
@@ -64,8 +66,24 @@ def check_adapter_fits(adapter_dir: Path, base_path: str, policy: LoadPolicy = S
                         f"but the base {base_path} is {h[0]}, hidden {h[1]} x {h[2]} layers")
 
 
-def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPolicy = SAFE):
-    """(model, tokenizer) ready for generation; an adapter is loaded onto its base by its method's loader."""
+def _load_base(found: Path, base_path: str, policy: LoadPolicy, dequantize: bool):
+    """The base as the run trained over it. A run with method.quantize gets its base quantized the same
+    way (the adapter learned to correct those weights, and the memory it saves is why QLoRA was chosen);
+    `dequantize` turns those weights back into plain fp32 Linear layers for merging."""
+    kind = run_quantize(found)
+    quantization = None
+    if kind:
+        check_backend(kind)
+        quantization = quantized_load_args(kind)
+    # An adapter folder holds no base config: a context stretch the run trained with is applied again.
+    model = load_model(base_path, policy=policy, rope_scaling=run_rope_scaling(found), quantization=quantization)
+    return dequantize_base(model) if kind and dequantize else model
+
+
+def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPolicy = SAFE,
+                       dequantize: bool = False):
+    """(model, tokenizer) ready for generation; an adapter is loaded onto its base by its method's loader.
+    `dequantize`: a quantized base comes back as plain fp32 weights (for merging and export)."""
     found = locate_artifact(path)
     method = artifact_method(found)
     if method is None:
@@ -78,13 +96,14 @@ def load_for_inference(path: str | Path, base: str | None = None, policy: LoadPo
             base_path = resolve_model_path(base or adapter_base(found))
             if base:
                 check_adapter_fits(found, base_path, policy)
-        model = method.load(load_model(base_path, policy=policy), found)
+        model = method.load(_load_base(found, base_path, policy, dequantize), found)
     tok = load_tokenizer(str(found), policy)
     model.eval()
     return model, tok
 
 
-def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy: LoadPolicy = SAFE) -> Path:
+def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy: LoadPolicy = SAFE,
+              log=print) -> Path:
     found = locate_artifact(path)
     method = "bottleneck" if is_bottleneck_dir(found) else _run_method(found)
     if method and not METHODS[method].mergeable and METHODS[method].why_not_mergeable:
@@ -98,11 +117,17 @@ def merge_run(path: str | Path, out: str | Path, base: str | None = None, policy
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output {out} already exists and is not empty; choose a new folder")
-    model, tok = load_for_inference(found, base, policy)
+    kind = run_quantize(found)
+    if kind:  # folding into quantized layers would round the merged weights to the quantization grid again
+        log(f"merge: the run trained over its base quantized to {kind}; that base is dequantized to fp32 (the weights "
+            "the adapter was trained against) and the adapter folded in, so the merged model computes what the "
+            "trained one did; its weights carry the quantization error, not the original full-precision values")
+    model, tok = load_for_inference(found, base, policy, dequantize=True)
     merged = model.merge_and_unload()
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        carry_card(found, tmp, f"Merged by `tuneforge merge`: the adapter of {found} folded into its base; "
-                               "this folder is a whole model.", merged=True)
+        dequantized = f" (its {kind} base dequantized to fp32 first)" if kind else ""
+        carry_card(found, tmp, f"Merged by `tuneforge merge`: the adapter of {found} folded into its base"
+                               f"{dequantized}; this folder is a whole model.", merged=True)
     return out

@@ -11,7 +11,7 @@ from tuneforge.data.stream import STREAM_WINDOW, TokenStream, check_streaming
 from tuneforge.data.token_cache import PreparedData, prepare as prepare_data
 from tuneforge.errors import UserError
 from tuneforge.run_dir import RunDir
-from tuneforge.eval.before_after import generative_examples, loss_summary, score_generations
+from tuneforge.eval.before_after import compare, generative_examples, loss_summary, score_generations
 from tuneforge.train.losses.target import TargetLoss
 from tuneforge.train.loop import validation_loss
 from tuneforge.recipes.base import RecipeBase
@@ -29,8 +29,8 @@ class SFT(RecipeBase):
         s.start()
         s.prepare(data.train)
 
-        def evaluate() -> dict:
-            return evaluate_held_out(s, data.val_examples, data.val)
+        def evaluate(limit: int | None = None) -> dict:
+            return evaluate_held_out(s, data.val_examples, data.val, limit)
 
         before = None
         if cfg.eval.before_after and cfg.eval.base:
@@ -48,7 +48,7 @@ class SFT(RecipeBase):
             "truncated_examples": account.truncated, "dropped_examples": account.lost, "data": account.as_dict()}
         if s.is_main and cfg.eval.before_after:
             s.log("evaluating the tuned model...")
-            after = evaluate()
+            after = evaluate(before.get("n") if before else None)  # the items the base was scored on
             if after:
                 summary["evaluation"] = before_after(cfg, before, after, data.val_examples)
         return s.finish(summary)
@@ -96,8 +96,9 @@ def streamed_data(cfg: Config, tokenizer) -> PreparedData:
     return PreparedData(stream, val.encoded, val.examples, account)
 
 
-def evaluate_held_out(s: Session, examples, encoded) -> dict:
-    """The eval.metric on held-out data: validation loss, or generation scored against references."""
+def evaluate_held_out(s: Session, examples, encoded, limit: int | None = None) -> dict:
+    """The eval.metric on held-out data: validation loss, or generation scored against references.
+    `limit`: score the first `limit` examples (those an earlier evaluation scored), with no time budget."""
     cfg = s.cfg
     if cfg.eval.metric == "loss":
         if not encoded:
@@ -105,19 +106,25 @@ def evaluate_held_out(s: Session, examples, encoded) -> dict:
         return loss_summary(validation_loss(TargetLoss(s.model), encoded, cfg.train, s.tokenizer.pad_token_id,
                                             s.device, s.amp))
     chosen = generative_examples(examples, cfg.eval.max_examples)
+    if limit is not None:
+        chosen = chosen[:limit]
     if not chosen:
         return {}
     # bf16 autocast re-casts every weight at every decode step: on CPU that makes generation ~3x
     # slower (bench/bench_generate.py), so generation stays in the weights' dtype there.
     bf16 = s.amp is not None and s.device.type == "cuda"
-    return score_generations(s.model, s.tokenizer, chosen, cfg.eval, bf16=bf16) | {"n": len(chosen)}
+    budget = cfg.eval.time_budget_s if limit is None else None
+    return score_generations(s.model, s.tokenizer, chosen, cfg.eval, bf16=bf16, time_budget_s=budget, log=s.log)
 
 
 def before_after(cfg: Config, before: dict | None, after: dict, val_examples) -> dict:
     ev = {"metric": cfg.eval.metric, "before": before["score"] if before else None, "after": after["score"],
           "examples": after.get("n", len(val_examples))}
     if before and "predictions" in before:
-        examples = generative_examples(val_examples, cfg.eval.max_examples)
+        examples = generative_examples(val_examples, cfg.eval.max_examples)[:len(after["predictions"])]
+        if len(before["predictions"]) == len(after["predictions"]):
+            ev |= compare(cfg.eval.metric, before["predictions"], after["predictions"],
+                          [e.reference for e in examples])
         ev["samples"] = [
             {"prompt": e.prompt_segments()[-1].text, "reference": e.reference, "base": b, "tuned": a}
             for e, b, a in list(zip(examples, before["predictions"], after["predictions"]))[:5]

@@ -9,9 +9,9 @@ run needs it:
     session.start()                                     # run folder made, config.yaml written
     session.prepare(train)                              # device, precision, attention kernel
     before = session.evaluate_once(score, "scoring...") # cached in eval_before.json for --resume
-    result = session.fit(train, val, loss=DPOLoss...)   # method applied, compiled, THE loop
+    result = session.fit(train, val, loss=DPOLoss...)   # method applied, compiled, trackers opened, THE loop
     session.save_artifact()                             # the method's own folder format, atomically
-    session.finish(session.summary(result) | {...})     # report.json / report.md / plots/loss.png
+    session.finish(session.summary(result) | {...})     # report.json / report.md / plots/loss.png, to the trackers
 
 Stages of one recipe (the agent's backbone and roles) each get their own Session on a sub-folder.
 """
@@ -29,19 +29,21 @@ from accelerate.utils import set_seed
 
 from tuneforge.atomic import atomic_dir, atomic_write_text, write_json
 from tuneforge.config import Config, dump_config
-from tuneforge.data.pack import lengths_of
-from tuneforge.data.stream import TokenStream
+from tuneforge.data.pack import is_online, lengths_of
 from tuneforge.data.render import Encoded, setup_chat_template
 from tuneforge.models.load import SAFE, LoadPolicy, load_model_and_tokenizer
 from tuneforge.models.methods import METHODS, apply_method, count_parameters
+from tuneforge.models.quantize import check_backend, is_quantized, quantized_load_args, set_compute_dtype
 from tuneforge.report import plot_loss, write_report
 from tuneforge.run_dir import ADAPTER, MODEL, RunDir
 from tuneforge.runs import check_run_dir, create_run_dir
-from tuneforge.train.distributed import launcher_rank, make_accelerator
+from tuneforge.train.distributed import launcher_rank, make_accelerator, parallel_strategy
+from tuneforge.train.estimate import memory_line
 from tuneforge.train.levers import choose_attention, compile_blocks, compile_choice, peak_memory_gb
 from tuneforge.train.loop import LoopResult, planned_steps, train_loop
 from tuneforge.model_card import write_card
-from tuneforge.train.precision import machine_line, resolve_precision
+from tuneforge.train.trackers import Trackers, check_installed, open_trackers
+from tuneforge.train.precision import cpu_has_fast_bf16, machine_line, resolve_precision
 
 
 def say(msg: str) -> None:
@@ -68,6 +70,7 @@ class Session:
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
         set_seed(self.cfg.seed)
+        check_installed(self.cfg.train.report_to)  # a missing tracker is refused before anything loads
         # Refused before any loading: a run folder in the way costs the user nothing. A later stage of a
         # staged recipe works in an existing folder, and says so with check_run=False.
         target = Path(run or self.cfg.output_dir)
@@ -78,6 +81,7 @@ class Session:
         self.loss = None  # the loss module `fit` trained with (the recipe may evaluate with it)
         self.trainable = self.total = 0
         self.artifact: Path | None = None
+        self.trackers: Trackers | None = None  # open from fit to finish (or release), main process only
 
     # ------------------------------------------------------------------ set-up
 
@@ -89,8 +93,21 @@ class Session:
         """The model (with the config's dropout when it will train), its tokenizer and chat template."""
         source = name if name is not None else self.cfg.model
         dropout = self.cfg.train.dropout if training else None
-        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(source, dropout, policy=self.policy)
+        # The config's rope_scaling stretches the model this run trains or answers with (not another, e.g. a judge).
+        rope = self.cfg.rope_scaling if training or name is None else None
+        max_length = self.cfg.data.max_length if self.cfg.data and training else None
+        quantization = self._quantization() if training else None
+        self.model, self.tokenizer, self.model_path = load_model_and_tokenizer(
+            source, dropout, policy=self.policy, rope_scaling=rope, max_length=max_length, quantization=quantization)
         setup_chat_template(self.tokenizer, self.cfg.data.chat_template if self.cfg.data else None, self.model_path)
+
+    def _quantization(self) -> dict | None:
+        """from_pretrained arguments for a quantized frozen base (method.quantize), its backend checked here."""
+        kind = getattr(self.cfg.method, "quantize", "none")
+        if kind == "none":
+            return None
+        self.log(check_backend(kind))
+        return quantized_load_args(kind)
 
     def start(self, record_config: bool = True) -> Path:
         """Make the run folder and record the config. Called once model and data are known good, so a
@@ -113,18 +130,24 @@ class Session:
         self.amp = resolve_precision(cfg.train.precision, self.device)
         self.model.to(self.device)
         self.log(machine_line(self.device))
-        longest = train.row_length if isinstance(train, TokenStream) else max(lengths_of(train))
+        longest = train.row_length if is_online(train) else max(lengths_of(train))
         attention = choose_attention(cfg.train.attention, self.device, longest)
         self.model.set_attn_implementation(attention)
         if self.amp is not None and METHODS[cfg.method.name].adapter and cfg.train.frozen_base_dtype == "auto":
             # The frozen base never gets an optimizer update, so it needs no fp32 master copy: storing it
             # in the compute dtype halves its memory and spares autocast a weight cast every forward.
-            self.model.to(self.amp)
+            # A quantized base stays packed (it refuses a cast); its layers dequantize to the compute dtype.
+            if is_quantized(self.model):
+                set_compute_dtype(self.model, self.amp)
+            else:
+                self.model.to(self.amp)
         why_attention = (f"train.attention: {cfg.train.attention}" if cfg.train.attention != "auto" else
                          f"auto: eager on CPU for examples up to 256 tokens, else sdpa; longest {longest}")
         self.log(f"model: {self.model_path} on {self.device}, compute {'bf16 autocast' if self.amp else 'fp32'} "
                  f"(train.precision: {cfg.train.precision}), {attention} attention ({why_attention}), "
                  f"method {cfg.method.name}")
+        self.log(memory_line(cfg, self.model, self.device, self.amp is not None, self.accelerator.num_processes,
+                             parallel_strategy(cfg.train, self.accelerator), longest, train))
 
     def evaluate_once(self, evaluate: Callable[[], dict], what: str) -> dict | None:
         """The starting model's scores, computed once and kept in the run folder (a resumed run has
@@ -151,8 +174,10 @@ class Session:
             # Non-reentrant checkpointing needs no input that requires grad, so it works under PEFT too.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.trainable, self.total = count_parameters(model)
+        native_bf16 = self.amp is not None and (self.device.type == "cuda" or cpu_has_fast_bf16())
         compiling, why = compile_choice(cfg.train.compile, self.device, self.total,
-                                        planned_steps(train, cfg.train, self.accelerator.num_processes))
+                                        planned_steps(train, cfg.train, self.accelerator.num_processes),
+                                        fast_bf16=native_bf16, budget_s=cfg.train.time_budget_s)
         self.log(f"compile {why}")
         if compiling:
             compile_blocks(model)
@@ -161,9 +186,18 @@ class Session:
         self.trainable, self.total = count_parameters(model)  # a loss may train a module of its own (a reward head)
         self.log(f"trainable parameters: {self.trainable:,} of {self.total:,} "
                  f"({100 * self.trainable / self.total:.2f}%)")
-        return train_loop(model, train, val, cfg.train, run_dir=self.run, seed=cfg.seed,
-                          pad_id=self.tokenizer.pad_token_id, accelerator=self.accelerator, amp_dtype=self.amp,
-                          resume=self.resume, log=self.log, loss_model=self.loss, observe=self.observe)
+        if self.is_main and cfg.train.report_to:
+            self.trackers = open_trackers(cfg, self.run, resume=self.resume, log=self.log)
+        try:
+            return train_loop(model, train, val, cfg.train, run_dir=self.run, seed=cfg.seed,
+                              pad_id=self.tokenizer.pad_token_id, accelerator=self.accelerator, amp_dtype=self.amp,
+                              resume=self.resume, log=self.log, loss_model=self.loss, observe=self.observe,
+                              on_record=self.trackers.record if self.trackers else None)
+        except BaseException as e:  # the trackers' runs end marked failed (or killed), then the error goes on
+            if self.trackers:
+                self.trackers.abort(e)
+                self.trackers = None
+            raise
 
     def save_artifact(self) -> Path:
         """The method's own folder (PEFT adapter, bottleneck adapter, or a whole HF model), with the
@@ -179,6 +213,7 @@ class Session:
     def release(self) -> None:
         """Free the model, optimizer state and the accelerator's references before the next stage loads
         its own model; otherwise every stage of a multi-stage recipe stays alive in memory."""
+        self._close_trackers()  # a stage ends here, without finish
         if self.accelerator is not None:
             self.accelerator.free_memory()
         self.model = self.loss = None
@@ -203,6 +238,12 @@ class Session:
                                          / 2**20, 4)}
         return out
 
+    def _close_trackers(self) -> None:
+        """The report and plots (those written) to the trackers, then close them."""
+        if self.trackers is not None:
+            self.trackers.finish(self.run)
+            self.trackers = None
+
     def finish(self, summary: dict, write=write_report) -> Path:
         """Wall time, the loss plot and the report (main process), then every process meets here."""
         if self.is_main:
@@ -211,6 +252,7 @@ class Session:
             write(self.run, summary)
             if self.artifact is not None:  # the card needs the results, known only now
                 write_card(self.artifact, self.cfg, summary, self.run, METHODS[self.cfg.method.name].adapter)
+            self._close_trackers()
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         return self.run
