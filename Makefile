@@ -67,7 +67,7 @@ browser:
 	fi
 
 test: setup $(EXTRAS) browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20
 
 test-slow: setup $(EXTRAS)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m slow

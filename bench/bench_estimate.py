@@ -50,8 +50,6 @@ ROWS = [
     ("smol8-lora-8192", "smol8", [*LORA, "train.batch_tokens=8192"], {}),
     ("smol8-full-8192", "smol8", [*FULL, "train.batch_tokens=8192"], {}),
     ("smol-lora-2048 (MALLOC_MMAP_THRESHOLD_=1M)", "smol", [*LORA, "train.batch_tokens=2048"], MMAP),
-    ("smol-lora-8192-checkpointing (MALLOC_MMAP_THRESHOLD_=1M)", "smol",
-     [*LORA, "train.batch_tokens=8192", "train.activation_checkpointing=true"], MMAP),
 ]
 STEPS = ["train.max_steps=3", "eval.before_after=false", "train.eval_every=null", "train.save_every=null",
          "train.time_budget_s=null"]
@@ -107,30 +105,56 @@ def tuneforge(args: list[str], env: dict, timeout: float) -> subprocess.Complete
 
 def gb_on_line(text: str, start: str) -> float:
     line = next((x for x in text.splitlines() if x.startswith(start)), "")
-    found = re.findall(r"([\d.]+) GB", line)
-    return float(found[0]) if found else 0.0
+    found = re.findall(r"([\d.]+) (GB|MB)", line)
+    return float(found[0][0]) / (1024 if found[0][1] == "MB" else 1) if found else 0.0
+
+
+def target_share(run_dir: Path) -> float:
+    """Target tokens over all tokens of the run's steps (metrics.jsonl: cumulative tokens, per-step targets)."""
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"targets"' in line]
+    return sum(m["targets"] for m in steps) / max(steps[-1]["tokens"], 1)
+
+
+def estimates(config: Path, overrides: list[str], env: dict, longest: int, share: float, timeout: float) -> dict:
+    """The current code's estimates of a row: the command's (config only) and the run's (its real longest
+    row and target share, what `tuneforge train` logs). Under a fixed mmap threshold glibc gives freed
+    memory back, so those rows compare with the live bytes (the estimate less glibc's slack)."""
+    from dataclasses import replace
+
+    from tuneforge.config import load_config
+    from tuneforge.models.estimate import skeleton_layout, training_of
+    from tuneforge.models.load import load_model_config, resolve_model_path
+    from tuneforge.train.estimate import GLIBC_SLACK, estimate, setting_for
+
+    est = tuneforge(["estimate", str(config), "--device", "cpu", *overrides], env, timeout)
+    if est.returncode:
+        raise RuntimeError(est.stderr.strip().splitlines()[-1])
+    cfg = load_config(config, overrides)
+    layout = skeleton_layout(load_model_config(resolve_model_path(cfg.model)))
+    run = estimate(layout, training_of(layout, cfg.method),
+                   replace(setting_for(cfg, "cpu", 1, row=longest), target_share=share))
+    config_gb, run_gb = gb_on_line(est.stdout, "peak per process"), run.per_process / 2**30
+    if env.get("MALLOC_MMAP_THRESHOLD_"):
+        config_gb -= gb_on_line(est.stdout, GLIBC_SLACK)
+        run_gb -= run.overhead[GLIBC_SLACK] / 2**30
+    return {"estimate_config_gb": round(config_gb, 2), "estimate_run_gb": round(run_gb, 2)}
 
 
 def run_row(work: Path, paths: dict, name: str, model: str, overrides: list[str], env: dict, timeout: float) -> dict:
     config = row_config(work, paths, name, model)
     overrides = [*overrides, *STEPS]
-    est = tuneforge(["estimate", str(config), "--device", "cpu", *overrides], env, timeout)
-    if est.returncode:
-        return {"row": name, "error": est.stderr.strip().splitlines()[-1]}
     t0 = time.time()
     run = tuneforge(["train", str(config), *overrides, "--overwrite"], env, timeout)
     if run.returncode:
         return {"row": name, "error": (run.stderr.strip().splitlines() or ["?"])[-1]}
-    logged = re.search(r"memory estimate: ([\d.]+) GB.*?(?:; ([\d.]+) GB of it glibc heap slack)?\)", run.stdout)
-    report = json.loads((Path(yaml.safe_load(config.read_text())["output_dir"]) / "report.json").read_text())
-    config_gb, run_gb = gb_on_line(est.stdout, "peak per process"), float(logged.group(1)) if logged else None
-    if env.get("MALLOC_MMAP_THRESHOLD_"):  # glibc gives freed memory back: compare with the live bytes
-        config_gb -= gb_on_line(est.stdout, "allocator: freed memory glibc keeps")
-        run_gb = run_gb - float(logged.group(2) or 0) if logged else None
-    return {"row": name, "estimate_config_gb": round(config_gb, 2),
-            "estimate_run_gb": round(run_gb, 2) if run_gb is not None else None,
-            "measured_gb": report["peak_memory_gb"], "trainable": report["trainable_params"],
-            "wall_s": round(time.time() - t0), "overrides": overrides, "env": env}
+    run_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
+    report = json.loads((run_dir / "report.json").read_text())
+    logged = re.search(r"memory estimate: ([\d.]+) GB", run.stdout)
+    result = {"row": name, "measured_gb": report["peak_memory_gb"], "trainable": report["trainable_params"],
+              "wall_s": round(time.time() - t0), "longest": int(re.search(r"longest (\d+)", run.stdout).group(1)),
+              "target_share": round(target_share(run_dir), 4),
+              "logged_gb": float(logged.group(1)) if logged else None, "overrides": overrides, "env": env}
+    return result | estimates(config, overrides, env, result["longest"], result["target_share"], timeout)
 
 
 def table(results: list[dict]) -> str:
@@ -155,13 +179,22 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tuneforge-bench-estimate")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
+    ap.add_argument("--reestimate", type=Path, nargs="+", help="results files of earlier runs: recompute only the "
+                                                               "estimates with the current code (the runs stand)")
     args = ap.parse_args()
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
-    rows = [r for r in ROWS if not wanted or r[0] in wanted]
     args.work.mkdir(parents=True, exist_ok=True)
     paths = prepare(args.work)
     results = []
-    for name, model, overrides, env in rows:
+    if args.reestimate:  # the last measurement of each row wins
+        measured = {r["row"]: r for f in args.reestimate for r in json.loads(f.read_text()) if "error" not in r}
+        for name, model, _, env in ROWS:
+            if name in measured and (not wanted or name in wanted):
+                r = measured[name]
+                config = row_config(args.work, paths, name, model)
+                results.append(r | estimates(config, r["overrides"], env, r["longest"], r["target_share"],
+                                             args.timeout))
+    for name, model, overrides, env in [] if args.reestimate else [r for r in ROWS if not wanted or r[0] in wanted]:
         say(f"{name} ...")
         results.append(run_row(args.work, paths, name, model, overrides, env, args.timeout))
         say(json.dumps(results[-1]))

@@ -1,6 +1,8 @@
 """LoRA over a full-precision base vs QLoRA (nf4, int8): peak memory, speed and final loss.
 
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python bench/bench_qlora.py                 # 20 steps of 1,024 tokens each
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/bench_qlora.py --steps 10 --batch-tokens 512
+                                                                    # the table in docs/performance.md
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python bench/bench_qlora.py --steps 3 --kinds nf4   # smoke run
 
 Every variant is `tuneforge train` (one thread) on the same config (examples/demo.yaml: the embedded SmolLM2-135M,
@@ -113,7 +115,7 @@ def main() -> None:
             print(f"bench_qlora: training with method.quantize={quantize} ...", flush=True)
             rows.append(run_variant(work / "dates", work, quantize, args.steps, args.batch_tokens))
             print(f"bench_qlora: {json.dumps(rows[-1])}", flush=True)
-    command = "HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python bench/bench_qlora.py " + " ".join(sys.argv[1:])
+    command = "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/bench_qlora.py " + " ".join(sys.argv[1:])
     md = table(rows, command.strip())
     results = HERE / "results"
     results.mkdir(exist_ok=True)

@@ -254,3 +254,21 @@ def test_results_block_replaces_only_between_the_markers(tmp_path):
     doc.write_text("no markers here\n")
     with pytest.raises(UserError, match="needs one line"):
         write_block(doc, "calibration", "x", "cmd")
+
+
+def test_vectorised_resamples_equal_the_scalar_metrics_row_by_row():
+    # The bootstrap scores all resamples in one pass; each row must be what the metric itself says,
+    # ties and single-class resamples (AUROC, Brier skill undefined -> NaN) included.
+    from tuneforge.eval.uncertainty_stats import METRICS, _batch_metrics, _resamples
+
+    rng = np.random.default_rng(3)
+    for n in (3, 11, 97):
+        p = np.round(rng.random(n), 1)  # coarse values: many ties
+        y = rng.random(n) < 0.3
+        rows = _resamples(n, 200, seed=n)
+        batch = _batch_metrics(p, y, rows)
+        for name, fn in METRICS.items():
+            expected = [fn(p[r], y[r]) for r in rows]
+            got = batch[name]
+            for e, g in zip(expected, got):
+                assert (e is None and np.isnan(g)) or g == pytest.approx(e, abs=1e-12), (n, name)

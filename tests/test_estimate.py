@@ -12,8 +12,8 @@ from tuneforge.config import config_from_dict
 from tuneforge.errors import UserError
 from tuneforge.models.load import load_model
 from tuneforge.models.methods import apply_method, count_parameters
-from tuneforge.train.estimate import (ADAM_STATES, FP32, Setting, estimate, layout_of, skeleton_layout,
-                                      training_of)
+from tuneforge.models.estimate import layout_of, skeleton_layout, training_of
+from tuneforge.train.estimate import ADAM_STATES, FP32, Setting, estimate
 from tuneforge.train.losses.target import TargetLoss
 
 
@@ -125,6 +125,16 @@ def test_fsdp_shards_a_quarter_ddp_replicates(tiny_llama):
     assert ddp.machine == 4 * ddp.per_process  # four whole processes on one machine
 
 
+def test_fewer_targets_smaller_loss_buffers(tiny_llama):
+    layout = layout_of(load_model(str(tiny_llama)))
+    t = training_of(layout, method_cfg(name="lora", r=4))
+    kept = [estimate(layout, t, single(tokens=4096, row=64, target_share=share)).moments["start of backward"]
+            for share in (1.0, 0.1)]
+    H = layout.hidden
+    assert kept[0]["loss (kept for backward)"] == 4096 * H * FP32  # the hidden states' gradient, every token
+    assert kept[1]["loss (kept for backward)"] == 410 * H * FP32  # ceil(409.6) targets
+
+
 def test_frozen_base_bf16_and_quantized(tiny_llama):
     layout = layout_of(load_model(str(tiny_llama)))
     t = training_of(layout, method_cfg(name="lora", r=4))
@@ -204,6 +214,9 @@ def test_cli_prints_the_estimate(tiny_llama, tmp_path, capsys):
                               "train.distributed=fsdp", "method=full"], capsys)
     assert code == 0, err
     assert "4 processes (fsdp)" in out and "cuda" not in out.split("\n\n")[1]
+
+    code, out, err = run_cli(["estimate", cfg, "--device", "cuda", "--targets", "0.1"], capsys)
+    assert code == 0 and "10% of tokens targets" in out
 
     code, out, err = run_cli(["estimate", cfg, "--device", "tpu"], capsys)
     assert code == 2 and "--device tpu" in err and "Traceback" not in err

@@ -84,6 +84,8 @@ def estimate(
     processes: int = typer.Option(1, "--processes", min=1, help="processes of the run (DDP replicates the model; "
                                                                "train.distributed: fsdp shards it over them)"),
     device: str = typer.Option("both", "--device", help="cpu | cuda | both"),
+    targets: float = typer.Option(1.0, "--targets", min=0.0, max=1.0, help="share of tokens that carry loss "
+                                  "(default 1: every token, an upper bound; `tuneforge train` logs the data's own)"),
 ):
     """Will it fit? The memory a run of CONFIG needs, from the model's config.json alone (no weights loaded)."""
     from tuneforge.config import load_config, require_data
@@ -93,7 +95,7 @@ def estimate(
     if devices is None:
         raise UserError(f"--device {device}: choose cpu, cuda or both")
     cfg = require_data(load_config(config, overrides or []), str(config))
-    print(estimate_command(cfg, _policy(ctx), devices, processes))
+    print(estimate_command(cfg, _policy(ctx), devices, processes, targets))
 
 
 @app.command()

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tuneforge.eval.uncertainty import _top_label, _validate, auroc, brier, ece
+from tuneforge.eval.uncertainty import _bin_index, _top_label, _validate, auroc, brier, ece
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -62,13 +62,54 @@ def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+def _batch_metrics(p: np.ndarray, y: np.ndarray, rows: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """Every metric of METRICS on each resample at once: row r scores items rows[r]. NaN where the
+    metric is undefined (AUROC, Brier skill with one class). Equal to METRICS[name](p[i], y[i]) per row
+    up to float summation order (tested); one vectorised pass instead of a Python loop over 1,000
+    resamples, which took minutes per table with scikit-learn's AUROC."""
+    from scipy.stats import rankdata
+
+    P, Y = p[rows], y[rows].astype(float)
+    n = P.shape[1]
+    top = np.maximum(P, 1.0 - P)
+    hit = ((P >= 0.5) == (Y == 1.0)).astype(float)
+    out = {"brier": np.mean((P - Y) ** 2, axis=1)}
+    idx = _bin_index_matrix(top, bins) + bins * np.arange(P.shape[0])[:, None]
+    gap = (np.bincount(idx.ravel(), weights=hit.ravel(), minlength=bins * P.shape[0])
+           - np.bincount(idx.ravel(), weights=top.ravel(), minlength=bins * P.shape[0]))
+    out["ece"] = np.abs(gap.reshape(P.shape[0], bins)).sum(axis=1) / n
+    order = np.argsort(top, axis=1, kind="stable")
+    sizes = [part.size for part in np.array_split(np.arange(n), min(bins, n))]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    segment_gap = (np.add.reduceat(np.take_along_axis(hit, order, axis=1), starts, axis=1)
+                   - np.add.reduceat(np.take_along_axis(top, order, axis=1), starts, axis=1))
+    out["ece_equal_mass"] = np.abs(segment_gap).sum(axis=1) / n
+    positives = Y.sum(axis=1)
+    negatives = n - positives
+    rank_sum = (rankdata(P, axis=1) * Y).sum(axis=1)  # average ranks: a tie counts one half
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["auroc"] = np.where((positives > 0) & (negatives > 0),
+                                (rank_sum - positives * (positives + 1) / 2) / (positives * negatives), np.nan)
+        rate = positives / n
+        out["brier_skill"] = np.where((rate > 0) & (rate < 1), 1 - out["brier"] / (rate * (1 - rate)), np.nan)
+    return out
+
+
+def _bin_index_matrix(values: np.ndarray, bins: int) -> np.ndarray:
+    return _bin_index(values.ravel(), bins).reshape(values.shape)
+
+
+def _nan_percentiles(values: np.ndarray, level: float) -> tuple[float | None, float | None]:
+    return _percentiles([None if np.isnan(v) else float(v) for v in values], level)
+
+
 def intervals(confidence, correct, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
     """metric -> {point, lo, hi} for every metric in METRICS, bootstrapping items."""
     p, y = _validate(confidence, correct)
-    draws = _resamples(p.size, n_boot, seed)
+    batch = _batch_metrics(p, y, _resamples(p.size, n_boot, seed))
     out = {}
     for name, fn in METRICS.items():
-        lo, hi = _percentiles([fn(p[i], y[i]) for i in draws], level)
+        lo, hi = _nan_percentiles(batch[name], level)
         out[name] = {"point": fn(p, y), "lo": lo, "hi": hi}
     return out
 
@@ -81,13 +122,10 @@ def paired_difference(confidence_a, confidence_b, correct, metric: str, n_boot: 
     a, y = _validate(confidence_a, correct)
     b, _ = _validate(confidence_b, correct)
     point_a, point_b = fn(a, y), fn(b, y)
-    diffs = []
-    for i in _resamples(y.size, n_boot, seed):
-        da, db = fn(a[i], y[i]), fn(b[i], y[i])
-        if da is not None and db is not None:
-            diffs.append(da - db)
-    lo, hi = _percentiles(diffs, level)
-    d = np.asarray(diffs)
+    rows = _resamples(y.size, n_boot, seed)
+    d = _batch_metrics(a, y, rows)[metric] - _batch_metrics(b, y, rows)[metric]
+    d = d[~np.isnan(d)]
+    lo, hi = _nan_percentiles(d, level)
     p_value = None if d.size == 0 else float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean())))
     diff = None if point_a is None or point_b is None else point_a - point_b
     return {"diff": diff, "lo": lo, "hi": hi, "p_value": p_value}
@@ -98,7 +136,11 @@ def ece_noise_floor(confidence, n_sim: int = N_BOOT, seed: int = 0, bins: int = 
     drawn as Bernoulli(confidence). Returns its mean and its `level` quantile (the floor)."""
     p = np.asarray(confidence, dtype=float).reshape(-1)
     rng = np.random.default_rng(seed)
-    sims = np.asarray([ece(p, rng.random(p.size) < p, bins=bins) for _ in range(n_sim)])
+    outcomes = rng.random((n_sim, p.size)) < p  # the same draws, in order, as one row per simulation
+    top = np.maximum(p, 1.0 - p)
+    hit = (p >= 0.5) == outcomes
+    idx = _bin_index(top, bins)
+    sims = np.abs(np.stack([hit[:, idx == k].sum(axis=1) - top[idx == k].sum() for k in range(bins)])).sum(0) / p.size
     return {"mean": float(sims.mean()), "floor": float(np.quantile(sims, level)), "n": int(p.size)}
 
 

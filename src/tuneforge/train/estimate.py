@@ -1,11 +1,12 @@
 """Will it fit? The memory a training run needs, worked out before any weight is loaded.
 
-Everything here is arithmetic on the model's layout: the shapes of its parameters, read from a
-weightless (meta-device) instance built from config.json, or from a loaded model at the start of a
-run. Per process, the peak is the largest of three moments:
+Everything here is arithmetic on the model's layout and what the method trains (models/estimate.py:
+shapes read from a meta-device instance built from config.json, or from the loaded model at the start
+of a run). Per process, the peak is the largest of the moments a run goes through:
 
   start of backward   weights + optimizer state + every saved activation + the loss's buffers
   end of backward     weights + optimizer state + gradients
+  checkpoint save     weights + optimizer state + the checkpoint file built in memory
   FSDP hand-back      the whole model gathered on every rank next to its shards (after training)
 
 The activation terms follow what autograd saves in a Llama-style block as tuneforge runs it (packed
@@ -17,15 +18,14 @@ peak RSS of real runs (docs/training.md, "Will it fit?").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from tuneforge.config import Config, DataConfig
 from tuneforge.data.pack import is_online
-from tuneforge.errors import UserError
-from tuneforge.models.anatomy import ATTN_NAMES, FFN_NAMES, child, find_blocks, unwrap
+from tuneforge.models.estimate import Layout, Linear, Training, layout_of, skeleton_layout, training_of
 from tuneforge.models.load import load_model_config, resolve_model_path
 from tuneforge.models.methods import METHODS
 from tuneforge.train.levers import choose_attention
@@ -42,11 +42,15 @@ CE_CHUNK = 2048  # rows of logits fused_ce.linear_cross_entropy_sum materialises
 CPU_PROCESS_BASELINE = 0.60 * GB
 # On CPU, glibc keeps much of what a step frees (its mmap threshold rises with the blocks freed, so
 # activations come from a heap that fragments and is not given back): from the second step on, peak RSS
-# holds about this many times the bytes a step allocates (activations, the loss's buffers, gradients).
-# Fitted on bench/bench_estimate.py's runs (1.6 for full fine-tuning to 2.3 for LoRA at 8k tokens);
+# holds about this many times the activations and gradients a step allocates. Fitted on
+# bench/bench_estimate.py's runs (from 1.5 for full fine-tuning at 8k tokens to 2.2 for LoRA);
 # with MALLOC_MMAP_THRESHOLD_=1048576 in the environment RSS is the live bytes (factor 1), ~25% slower.
 CPU_ALLOCATOR_FACTOR = 1.9
+# With activation checkpointing, backward recomputes every block, and glibc keeps about this share of
+# each recomputation (fitted: SmolLM2 LoRA at 8,192 tokens, 30 blocks 9.9 GB RSS and 6 blocks 3.3 GB).
+CPU_CHECKPOINT_KEPT = 0.6
 GLIBC_SLACK = "allocator: freed memory glibc keeps"
+HEAP_TERMS = ("activations", "backward workspace (top block)", "autocast bf16 weight copies", "gradients")
 # A CUDA context (driver, kernels) takes memory that torch.cuda.max_memory_allocated does not count;
 # 0.3-0.6 GB on current GPUs, more with many kernels loaded.
 CUDA_CONTEXT = 0.5 * GB
@@ -57,259 +61,6 @@ FROZEN_BYTES = {"fp32": FP32, "bf16": BF16}
 # of 64 and an fp32 scale per 256 of those (double quantization); int8 adds an fp32 scale per output row,
 # counted in `quantized_linear_bytes`.
 QUANTIZED_BYTES = {"nf4": 0.5 + 1 / 64 + FP32 / (64 * 256), "int8": 1.0}
-
-
-# ---------------------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True)
-class Linear:
-    name: str  # full module name, e.g. model.layers.0.self_attn.q_proj
-    fan_in: int
-    fan_out: int
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A causal LM's parameter shapes and the widths of its decoder block."""
-
-    model_type: str
-    params: dict[str, int]  # parameter name -> elements; tied weights once
-    linears: tuple[Linear, ...]  # every Linear / Conv1D of the model
-    embeddings: tuple[tuple[str, int, int], ...]  # (name, rows, width) of every nn.Embedding
-    head: str  # module name of the output projection
-    blocks: str  # module name of the decoder blocks' list, e.g. model.layers
-    layers: int
-    attn_in: tuple[str, ...]  # block-relative linears reading the attention norm (q, k, v)
-    attn_out: str  # block-relative output projection of attention (o_proj)
-    ffn_in: tuple[str, ...]  # block-relative linears reading the feed-forward norm (gate, up)
-    ffn_out: str  # block-relative down projection
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    config: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def total(self) -> int:
-        return sum(self.params.values())
-
-    @property
-    def attn_width(self) -> int:  # heads x head_dim: the width of q, and of k and v repeated to every head
-        return self.heads * self.head_dim
-
-    @property
-    def ffn_width(self) -> int:
-        return self.linear(f"{self.blocks}.0.{self.ffn_out}").fan_in
-
-    @property
-    def gated(self) -> bool:  # gate and up projections (Llama, Qwen) rather than one (GPT-2)
-        return len(self.ffn_in) >= 2
-
-    def linear(self, name: str) -> Linear:
-        return next(lin for lin in self.linears if lin.name == name)
-
-    def block_prefix(self, i: int) -> str:
-        return f"{self.blocks}.{i}."
-
-
-def _linear_shape(name: str, module: nn.Module) -> Linear | None:
-    if isinstance(module, nn.Linear):
-        return Linear(name, module.in_features, module.out_features)
-    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):  # GPT-2's transposed linear
-        return Linear(name, module.weight.shape[0], module.nf)
-    return None
-
-
-def _config_int(config, *keys: str, default: int | None = None) -> int:
-    for key in keys:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    if default is None:
-        raise UserError(f"model config has none of {', '.join(keys)}: the estimate cannot size this architecture")
-    return default
-
-
-def layout_of(model: nn.Module) -> Layout:
-    """The layout of a (plain, not yet adapted) transformers causal LM, real or on the meta device."""
-    inner = unwrap(model)
-    blocks = find_blocks(inner)
-    names = {id(m): n for n, m in inner.named_modules()}
-    linears = tuple(s for n, m in inner.named_modules() if (s := _linear_shape(n, m)) is not None)
-    embeddings = tuple((n, m.num_embeddings, m.embedding_dim) for n, m in inner.named_modules()
-                       if isinstance(m, nn.Embedding))
-    attn_name, attn = child(blocks[0], ATTN_NAMES)
-    ffn_name, ffn = child(blocks[0], FFN_NAMES)
-    # In registration order the last linear of each sublayer is its output projection (o_proj, down_proj,
-    # c_proj); the others read the sublayer's normed input.
-    attn_linears = [f"{attn_name}.{n}" for n, m in attn.named_modules() if _linear_shape(n, m)]
-    ffn_linears = [f"{ffn_name}.{n}" for n, m in ffn.named_modules() if _linear_shape(n, m)]
-    if len(attn_linears) < 2 or len(ffn_linears) < 2:
-        raise UserError(f"cannot read the attention and feed-forward projections of {type(inner).__name__}: "
-                        "the estimate knows Llama-, Qwen- and GPT-2-style blocks")
-    params = {n: p.numel() for n, p in inner.named_parameters()}
-    for lin in linears:  # a quantized weight stores its values packed: count the weights it stands for
-        if f"{lin.name}.weight" in params:
-            params[f"{lin.name}.weight"] = lin.fan_in * lin.fan_out
-    config = inner.config
-    hidden = _config_int(config, "hidden_size", "n_embd", "d_model")
-    heads = _config_int(config, "num_attention_heads", "n_head")
-    head = inner.get_output_embeddings()
-    return Layout(
-        model_type=str(getattr(config, "model_type", type(inner).__name__)),
-        params=params,
-        linears=linears, embeddings=embeddings, head=names.get(id(head), "lm_head"),
-        blocks=names[id(blocks)], layers=len(blocks),
-        attn_in=tuple(attn_linears[:-1]), attn_out=attn_linears[-1],
-        ffn_in=tuple(ffn_linears[:-1]), ffn_out=ffn_linears[-1],
-        hidden=hidden, heads=heads, kv_heads=_config_int(config, "num_key_value_heads", default=heads),
-        head_dim=_config_int(config, "head_dim", default=hidden // heads),
-        vocab=_config_int(config, "vocab_size"), config=config.to_dict(),
-    )
-
-
-def skeleton_layout(model_config, trust_remote_code: bool = False) -> Layout:
-    """The layout from config.json alone: the model is built on the meta device, so no weight exists."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
-    return layout_of(model)
-
-
-# ---------------------------------------------------------------------------------------- methods
-
-
-@dataclass
-class Training:
-    """What a method trains, in the terms the memory arithmetic needs."""
-
-    trainable: int  # parameters the optimizer updates
-    tensors: list[int]  # elements of each trainable tensor (its gradient and AdamW states are alike)
-    added: int = 0  # parameters the method adds to the base (adapters)
-    trained: frozenset[str] = frozenset()  # base parameters that train, by name
-    lora: frozenset[str] = frozenset()  # linears with a LoRA/DoRA adapter, by full name
-    lora_r: int = 0
-    lora_dropout: float = 0.0
-    dora: bool = False
-    ia3: dict[str, bool] = field(default_factory=dict)  # IA3 linear -> scales its input (feed-forward)
-    bottleneck: tuple[int, int] = (0, 0)  # (sites per block, width)
-    virtual_tokens: int = 0  # prompt/prefix: tokens PEFT adds in front of every row
-    prompt_learning: str = ""  # "prompt" or "prefix"
-    notes: list[str] = field(default_factory=list)
-
-    def frozen(self, layout: Layout) -> int:
-        return layout.total - sum(layout.params[n] for n in self.trained)
-
-
-def _matches(name: str, keys) -> bool:
-    # PEFT's rule for a list of target modules: the full name, or its last dotted parts
-    return any(name == k or name.endswith("." + k) for k in keys)
-
-
-def _lora_targets(layout: Layout, targets) -> list[tuple[str, int, int]]:
-    """(name, fan_in, fan_out) of every module PEFT puts a LoRA adapter on."""
-    modules = [(lin.name, lin.fan_in, lin.fan_out) for lin in layout.linears]
-    if targets == "all-linear":  # every linear but the output layer, matched by short name (PEFT)
-        keys = {lin.name.rsplit(".", 1)[-1] for lin in layout.linears if lin.name != layout.head}
-        return [m for m in modules if _matches(m[0], keys)]
-    # Embeddings take LoRA too: A is r x rows, B is width x r, the same r*(in+out) count.
-    found = [m for m in modules + [(n, rows, width) for n, rows, width in layout.embeddings] if _matches(m[0], targets)]
-    if not found:
-        short = sorted({lin.name.rsplit(".", 1)[-1] for lin in layout.linears})
-        raise UserError(f"method.target_modules: none of {list(targets)} names a linear layer of this model; "
-                        f"its linear layers are {', '.join(short)}, or use all-linear")
-    return found
-
-
-def _full(layout: Layout, m) -> Training:
-    return Training(layout.total, list(layout.params.values()), trained=frozenset(layout.params))
-
-
-def _freeze(layout: Layout, m) -> Training:
-    if m.trainable_layers > layout.layers:
-        raise UserError(f"method.trainable_layers={m.trainable_layers} but the model has {layout.layers} blocks")
-    top = [layout.block_prefix(i) for i in range(layout.layers - m.trainable_layers, layout.layers)]
-    trained = {n for n in layout.params if any(n.startswith(p) for p in top)}
-    trained |= {n for n in layout.params if any(pattern in n for pattern in m.trainable_modules)}
-    missing = [p for p in m.trainable_modules if not any(p in n for n in layout.params)]
-    if missing:
-        raise UserError(f"method.trainable_modules: no parameter name contains {missing}")
-    if not trained:
-        raise UserError("method 'freeze' leaves nothing to train; raise trainable_layers or add trainable_modules")
-    return Training(sum(layout.params[n] for n in trained), [layout.params[n] for n in trained],
-                    trained=frozenset(trained))
-
-
-def _lora(layout: Layout, m) -> Training:
-    targets = _lora_targets(layout, m.target_modules)
-    tensors = [x for _, fan_in, fan_out in targets for x in (m.r * fan_in, m.r * fan_out)]
-    if m.name == "dora":  # a magnitude vector per output feature
-        tensors += [fan_out for _, _, fan_out in targets]
-    return Training(sum(tensors), tensors, sum(tensors), lora=frozenset(n for n, _, _ in targets), lora_r=m.r,
-                    lora_dropout=m.dropout, dora=m.name == "dora")
-
-
-def _ia3(layout: Layout, m) -> Training:
-    from peft.utils import (TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
-                            TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS)
-
-    def pick(value, mapping, key):
-        if value != "auto":
-            return value
-        if layout.model_type not in mapping:
-            raise UserError(f"method.{key}: PEFT has no IA3 default for model type {layout.model_type}; list the "
-                            "modules, e.g. target_modules: [k_proj, v_proj, down_proj]")
-        return mapping[layout.model_type]
-
-    targets = pick(m.target_modules, TARGETS, "target_modules")
-    feedforward = pick(m.feedforward_modules, FEEDFORWARD, "feedforward_modules")
-    scaled = {lin.name: _matches(lin.name, feedforward) for lin in layout.linears if _matches(lin.name, targets)}
-    if not scaled:
-        raise UserError(f"method.target_modules: none of {list(targets)} names a linear layer of this model")
-    # A feed-forward target scales its input (a vector of fan_in), any other its output (fan_out).
-    tensors = [lin.fan_in if scaled[lin.name] else lin.fan_out for lin in layout.linears if lin.name in scaled]
-    return Training(sum(tensors), tensors, sum(tensors), ia3=scaled)
-
-
-def _prefix_token_dim(layout: Layout) -> int:
-    # PEFT sizes the prefixes by the key/value width, which grouped-query attention makes narrower.
-    if "num_key_value_heads" in layout.config:
-        return layout.head_dim * layout.kv_heads
-    return layout.hidden
-
-
-def _prefix(layout: Layout, m) -> Training:
-    dim, n, per_token = _prefix_token_dim(layout), m.num_virtual_tokens, 2 * layout.layers * _prefix_token_dim(layout)
-    if m.projection:  # embedding, then Linear(dim, hidden) - tanh - Linear(hidden, per_token), with biases
-        h = m.projection_hidden_size
-        tensors = [n * dim, dim * h, h, h * per_token, per_token]
-    else:
-        tensors = [n * per_token]
-    return Training(sum(tensors), tensors, sum(tensors), virtual_tokens=n, prompt_learning="prefix")
-
-
-def _prompt(layout: Layout, m) -> Training:
-    added = m.num_virtual_tokens * layout.hidden
-    return Training(added, [added], added, virtual_tokens=m.num_virtual_tokens, prompt_learning="prompt")
-
-
-def _bottleneck(layout: Layout, m) -> Training:
-    width = m.size or max(1, layout.hidden // m.reduction_factor)
-    sites = 2 if m.placement == "houlsby" else 1  # after attention and feed-forward, or feed-forward only
-    tensors = [layout.hidden * width, width, width * layout.hidden, layout.hidden] * (layout.layers * sites)
-    return Training(sum(tensors), tensors, sum(tensors), bottleneck=(sites, width))  # down and up, with biases
-
-
-TRAINING = {"full": _full, "freeze": _freeze, "lora": _lora, "dora": _lora, "ia3": _ia3, "prefix": _prefix,
-            "prompt": _prompt, "bottleneck": _bottleneck}
-
-
-def training_of(layout: Layout, method) -> Training:
-    """What `method` (a config.method section) trains on this layout: counts and where gradients flow."""
-    return TRAINING[method.name](layout, method)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -592,23 +343,24 @@ def estimate(layout: Layout, t: Training, s: Setting) -> Estimate:
                "checkpoint save": checkpoint}
     if s.strategy == "fsdp":  # after training every rank gathers the whole model next to its shards
         moments["FSDP hand-back after training"] = fixed | {"whole model gathered": [t.trainable * FP32 + frozen_bytes]}
-    static = set(fixed)
-    totals = {k: sum(map(sum, terms.values())) + sum(_overhead(s, terms, static).values())
+    recomputed = sum(top) * (layout.layers - first) if s.checkpointing else 0.0  # every recorded block, again
+    totals = {k: sum(map(sum, terms.values())) + sum(_overhead(s, terms, recomputed).values())
               for k, terms in moments.items()}
     moment = max(totals, key=totals.get)
     return Estimate(layout, t, s, {k: {name: sum(x) for name, x in terms.items()} for k, terms in moments.items()},
-                    moment, _overhead(s, moments[moment], static))
+                    moment, _overhead(s, moments[moment], recomputed))
 
 
-def _overhead(s: Setting, terms: dict[str, list[float]], static: set[str]) -> dict[str, float]:
+def _overhead(s: Setting, terms: dict[str, list[float]], recomputed: float = 0.0) -> dict[str, float]:
     """What the process holds beyond the live tensors: the CUDA context on a GPU; on CPU, Python and the
-    libraries, and what glibc keeps of each step's allocations (weights and optimizer state, allocated
-    once, are not part of it)."""
+    libraries, and what glibc keeps of each step's allocations: activations and gradients (weights and
+    optimizer state are allocated once; the loss's logit chunks and a checkpoint's buffers, tens of MB and
+    more, are mmapped and given back), or with activation checkpointing part of every block recomputed."""
     if s.device == "cuda":
         return {"CUDA context": CUDA_CONTEXT}
-    per_step = sum(x for name, sizes in terms.items() if name not in static for x in sizes)
-    return {"process (Python, torch, libraries)": CPU_PROCESS_BASELINE,
-            GLIBC_SLACK: per_step * (CPU_ALLOCATOR_FACTOR - 1)}
+    per_step = sum(x for name, sizes in terms.items() if name in HEAP_TERMS for x in sizes)
+    kept = recomputed * CPU_CHECKPOINT_KEPT if s.checkpointing else per_step * (CPU_ALLOCATOR_FACTOR - 1)
+    return {"process (Python, torch, libraries)": CPU_PROCESS_BASELINE, GLIBC_SLACK: kept}
 
 
 # ---------------------------------------------------------------------------------------- from a config
@@ -653,9 +405,10 @@ def setting_for(cfg: Config, device: str, processes: int = 1, row: int | None = 
     )
 
 
-def estimate_config(cfg: Config, layout: Layout, devices=("cpu", "cuda"), processes: int = 1) -> list[Estimate]:
+def estimate_config(cfg: Config, layout: Layout, devices=("cpu", "cuda"), processes: int = 1,
+                    targets: float = 1.0) -> list[Estimate]:
     t = training_of(layout, cfg.method)
-    return [estimate(layout, t, setting_for(cfg, d, processes)) for d in devices]
+    return [estimate(layout, t, replace(setting_for(cfg, d, processes), target_share=targets)) for d in devices]
 
 
 def target_share(encoded, sample: int = 512) -> float:
@@ -679,8 +432,8 @@ def memory_line(cfg: Config, model: nn.Module, device, autocast: bool, processes
         s = replace(setting_for(cfg, device.type, processes, row, autocast), strategy=strategy,
                     target_share=target_share(train))
         e = estimate(layout, training_of(layout, cfg.method), s)
-    except (UserError, ValueError, KeyError, StopIteration, AttributeError) as err:  # advisory: never stops a run
-        return f"memory estimate: not available for this model ({err})"
+    except Exception as err:  # noqa: BLE001 - advisory: an estimate it cannot make must not stop the run
+        return f"memory estimate: not available for this model ({type(err).__name__}: {err})"
     top = sorted(e.terms.items(), key=lambda kv: -kv[1])[:3]
     parts = ", ".join(f"{name.split(' (')[0]} {_gb(v)}" for name, v in top)
     slack = e.overhead.get(GLIBC_SLACK, 0.0)
@@ -694,6 +447,10 @@ def memory_line(cfg: Config, model: nn.Module, device, autocast: bool, processes
 
 def _gb(n: float) -> str:
     return f"{n / GB:.2f}"
+
+
+def _size(n: float) -> str:
+    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 2**20:.1f} MB"
 
 
 def describe_method(m) -> str:
@@ -736,10 +493,10 @@ def report(cfg: Config, model_path: str, estimates: list[Estimate]) -> str:
     for name in names:
         values = [e.terms.get(name, e.overhead.get(name)) for e in estimates]
         if any(values):
-            table.append((name, [f"{_gb(v)} GB" if v is not None else "-" for v in values]))
-    table.append(("peak per process", [f"{_gb(e.per_process)} GB" for e in estimates]))
+            table.append((name, [_size(v) if v is not None else "-" for v in values]))
+    table.append(("peak per process", [_size(e.per_process) for e in estimates]))
     if s0.processes > 1:
-        table.append((f"{s0.processes} processes", [f"{_gb(e.machine)} GB on one machine" if e.setting.device == "cpu"
+        table.append((f"{s0.processes} processes", [f"{_size(e.machine)} on one machine" if e.setting.device == "cpu"
                                                     else "the above on each GPU" for e in estimates]))
     table.append(("peak at", [e.moment for e in estimates]))
     width = max(len(label) for label, _ in table) + 2
@@ -757,9 +514,11 @@ def _frozen_text(s: Setting) -> str:
 
 def _notes(cfg: Config, estimates: list[Estimate], row_key: str) -> list[str]:
     e0 = estimates[0]
-    notes = [f"assumed: every token a target (the loss's logit chunks at their largest) and rows as long as "
-             f"{row_key} allows; shorter examples need less (`tuneforge train` logs its own estimate with the "
-             "real longest row)"]
+    share = e0.setting.target_share
+    targets = "every token a target (--targets: the share that carries loss)" if share == 1 else \
+        f"{share:.0%} of tokens targets (--targets)"
+    notes = [f"assumed: {targets} and rows as long as {row_key} allows (train.pack_length=N for shorter rows); "
+             "`tuneforge train` logs its own estimate with the data's longest row and target share"]
     if any(e.setting.device == "cuda" for e in estimates) and cfg.train.precision == "auto":
         notes.append("cuda: train.precision auto taken as bf16 (GPUs from Ampere on); the peak is what the run's "
                      "report calls peak_memory_gb (torch's allocated peak) plus the CUDA context")
@@ -767,9 +526,8 @@ def _notes(cfg: Config, estimates: list[Estimate], row_key: str) -> list[str]:
         notes.append(f"cpu: the peak is the process's resident memory (report: peak_memory_gb); "
                      f"{_gb(CPU_PROCESS_BASELINE)} GB of it is Python and libraries, measured on a 2-core AMD EPYC")
     if cfg.train.activation_checkpointing and any(e.setting.device == "cpu" for e in estimates):
-        notes.append("cpu + train.activation_checkpointing: recomputing each block fragments glibc's heap far more "
-                     "than counted here (measured 9.9 GB RSS against 3.2 GB estimated, docs/training.md); "
-                     "MALLOC_MMAP_THRESHOLD_=1048576 in the environment keeps RSS near the live bytes")
+        notes.append("cpu + train.activation_checkpointing: glibc keeps part of every block recomputed, so on CPU "
+                     "checkpointing saves less than on a GPU (docs/training.md, 'Will it fit?')")
     if cfg.train.compile != "false" and e0.layout.total >= 50_000_000:
         notes.append("train.compile: compiled blocks (on by default for runs of 20+ steps) keep fewer activations "
                      "than counted here (docs/performance.md measured -1.8 GB of 4.8 GB): an upper bound then")
@@ -777,7 +535,7 @@ def _notes(cfg: Config, estimates: list[Estimate], row_key: str) -> list[str]:
         notes.append(f"recipe {cfg.recipe}: counted as SFT's target loss; pairs (preference) or extra passes keep "
                      "more per example")
     biggest = max(e0.terms, key=e0.terms.get)
-    levers = {"activations": "lower train.batch_tokens (activations grow with it) or set "
+    levers = {"activations": "lower train.batch_tokens (activations grow with it); on a GPU, "
                              "train.activation_checkpointing: true",
               "optimizer state (AdamW)": "train fewer parameters (an adapter method) or shard it: "
                                          "train.distributed: fsdp over several processes",
@@ -787,8 +545,8 @@ def _notes(cfg: Config, estimates: list[Estimate], row_key: str) -> list[str]:
     return notes
 
 
-def estimate_command(cfg: Config, policy, devices=("cpu", "cuda"), processes: int = 1) -> str:
+def estimate_command(cfg: Config, policy, devices=("cpu", "cuda"), processes: int = 1, targets: float = 1.0) -> str:
     """`tuneforge estimate CONFIG`: resolve the model, read its config.json only, and print the estimate."""
     path = resolve_model_path(cfg.model)
     layout = skeleton_layout(load_model_config(path, policy), policy.trust_remote_code)
-    return report(cfg, path, estimate_config(cfg, layout, devices, processes))
+    return report(cfg, path, estimate_config(cfg, layout, devices, processes, targets))
