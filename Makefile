@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo calibration-demo agent-demo test test-slow bench bench-serve clean
+.PHONY: setup browser demo calibration-demo agent-demo rl-demo test test-slow bench bench-serve gguf-check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ agent-demo: setup
 	$(BIN)/tuneforge runs report runs/agent --into docs/agent.md --images docs/img \
 	  --command "make agent-demo" --wall-seconds $$(( $$(date +%s) - start ))
 
+# GRPO on two-digit arithmetic with a numeric reward (recipe: rl): held-out accuracy (greedy) before and after,
+# with intervals, and the reward curve, into docs/rl.md.
+rl-demo: setup
+	$(BIN)/tuneforge models default
+	@start=$$(date +%s) && \
+	$(BIN)/tuneforge data arithmetic data/generated/arithmetic && \
+	$(BIN)/tuneforge train examples/rl.yaml --overwrite && \
+	$(BIN)/tuneforge runs report runs/rl --into docs/rl.md --images docs/img \
+	  --command "make rl-demo" --wall-seconds $$(( $$(date +%s) - start ))
+
 # Headless Chromium + its driver from Debian's packages, for the `tuneforge ui` browser tests (tests/test_ui.py).
 # Without apt-get or root it only says why; those tests then skip.
 browser:
@@ -78,6 +88,17 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_train.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_generate.py
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_serve.py
+
+# llama.cpp itself on what `tuneforge export` writes (run `make demo` first): builds llama-cpp-python from
+# source (a few minutes; pip caches the wheel), runs its test and compares greedy tokens on the demo run.
+LLAMA_CPP := $(VENV)/.llama-cpp-stamp
+$(LLAMA_CPP): $(STAMP) bench/requirements-llama-cpp.txt
+	$(BIN)/python -m pip install -q -r bench/requirements-llama-cpp.txt
+	touch $(LLAMA_CPP)
+
+gguf-check: $(LLAMA_CPP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_export_gguf.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/check_gguf_llamacpp.py runs/demo --prompts data/generated/dates/val.jsonl
 
 # The load test of `tuneforge serve` alone (docs/lifecycle.md has its numbers).
 bench-serve: setup

@@ -125,6 +125,19 @@ def test_fsdp_shards_a_quarter_ddp_replicates(tiny_llama):
     assert ddp.machine == 4 * ddp.per_process  # four whole processes on one machine
 
 
+def test_rl_micro_batch_is_its_completions_not_batch_tokens(tiny_llama):
+    from tuneforge.train.estimate import setting_for
+
+    cfg = config_from_dict({"recipe": "rl", "model": str(tiny_llama), "data": {"train": "p.jsonl"},
+                            "train": {"grad_accum": 2, "batch_tokens": 16384},
+                            "rl": {"num_generations": 8, "prompts_per_step": 3, "max_new_tokens": 24,
+                                   "max_prompt_length": 100, "rewards": [{"name": "numeric"}]}})
+    bound = setting_for(cfg, "cpu")
+    assert (bound.row, bound.tokens) == (124, 12 * 124)  # ceil(3 x 8 / 2) completions of prompt + new tokens
+    run = setting_for(cfg, "cpu", row=71)  # `tuneforge train` passes the data's longest prompt
+    assert (run.row, run.tokens) == (95, 12 * 95)
+
+
 def test_fewer_targets_smaller_loss_buffers(tiny_llama):
     layout = layout_of(load_model(str(tiny_llama)))
     t = training_of(layout, method_cfg(name="lora", r=4))

@@ -68,6 +68,34 @@ def test_f16_and_q8_exports_generate_like_the_merged_model(trained, capsys, quan
         assert any(agree), "q8_0 output should mostly match"
 
 
+def test_llama_cpp_runs_the_export_like_transformers(trained, capsys):
+    # llama.cpp itself (llama-cpp-python, built from source by `make gguf-check`; skipped where it is not
+    # installed): f32 weights, the same prompt ids, the same greedy tokens and near-equal logits.
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+
+    code, _, err = run_cli(["export", trained / "run", trained / "llama-f32", "--quant", "f32"], capsys)
+    assert code == 0, err
+    ref = AutoModelForCausalLM.from_pretrained(str(trained / "merged"), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(trained / "merged"))
+    llm = llama_cpp.Llama(model_path=str(trained / "llama-f32" / "model-f32.gguf"), n_ctx=256, n_threads=1,
+                          verbose=False, logits_all=True)
+    for prompt in PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+        llm.reset()
+        llm.eval(ids)
+        with torch.no_grad():
+            expected = ref(torch.tensor([ids])).logits[0].numpy()
+        np.testing.assert_allclose(np.asarray(llm.scores[:len(ids)]), expected, rtol=0, atol=1e-3)
+        got = []
+        for token in llm.generate(ids, top_k=1, temp=0.0, reset=True):
+            got.append(int(token))
+            if len(got) == 8 or token == tok.eos_token_id:  # HF's generate stops there too
+                break
+        assert got == _greedy(ref, tok, prompt)
+
+
 def test_rotary_permutation_is_llama_cpps_interleaving():
     w = torch.arange(8 * 3, dtype=torch.float32).reshape(8, 3)  # 2 heads of 4 rows: [a0 a1 b0 b1] -> [a0 b0 a1 b1]
     got = permute_rotary(w, 2)

@@ -220,6 +220,18 @@ def _score(rewards: Rewards, completion: str, record: dict) -> Scored:
     return rewards([Prompt([1], "q", record, "p.jsonl:1")], [completion])[0]
 
 
+def test_held_out_comparison_pairs_prompts_and_groups_by_level():
+    from tuneforge.recipes.rl import compare_held_out
+
+    before = {"per_prompt": [0.0, 1.0, 0.0, None, 0.0], "group": ["a", "a", "b", "b", "b"]}
+    after = {"per_prompt": [1.0, 1.0, 1.0, 1.0, 0.0], "group": ["a", "a", "b", "b", "b"]}
+    out = compare_held_out(before, after)
+    c = out["comparison"]
+    assert c["n"] == 4 and (c["before"], c["after"]) == (0.25, 0.75)  # the failed reward's prompt is left out
+    assert c["mcnemar"]["b10"] == 2 and c["mcnemar"]["b01"] == 0  # 0/1 rewards: McNemar on the changed prompts
+    assert out["by_group"] == {"a": {"n": 2, "before": 0.5, "after": 1.0}, "b": {"n": 2, "before": 0.0, "after": 0.5}}
+
+
 def test_built_in_rewards():
     rl = RLConfig(rewards=[RewardConfig(name="numeric"), RewardConfig(name="exact_match", weight=2.0),
                            RewardConfig(name="regex", pattern=r"\d+", fullmatch=True)])
@@ -297,6 +309,11 @@ def test_a_run_logs_rewards_and_reports_before_and_after(tmp_path, tiny_llama, c
     assert 0 < rows[-1]["generate_share"] < 1
     report = json.loads((run / "report.json").read_text())
     assert report["rl_eval"]["before"]["prompts"] == 3 and "numeric" in report["rl_eval"]["after"]["parts"]
+    ev = report["rl_eval"]
+    c = ev["comparison"]  # paired on the same prompts: mean, intervals, difference
+    assert c["n"] == 3 and c["before"] == pytest.approx(sum(ev["before"]["per_prompt"]) / 3)
+    assert c["difference"][0] == pytest.approx(c["after"] - c["before"])
+    assert "95% interval" in (run / "report.md").read_text()
     assert report["algorithm"] == "rloo" and report["reference"] == "adapter_disabled"
     assert (run / "plots" / "reward.png").is_file() and "![reward]" in (run / "report.md").read_text()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
@@ -366,3 +383,19 @@ def test_bad_input_is_refused_in_one_line(tmp_path, tiny_llama, capsys, change, 
     assert code == 2
     _one_error_line(err, *parts)
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_data_arithmetic_writes_disjoint_prompt_sets_and_refuses_unknown_levels(tmp_path, capsys):
+    code, out, err = run_cli(["data", "arithmetic", tmp_path / "ar", "--levels", "2d+2d,1dx2d", "--n-train", "30",
+                              "--n-val", "10"], capsys)
+    assert code == 0, err
+    train = [json.loads(line) for line in (tmp_path / "ar" / "train.jsonl").read_text().splitlines()]
+    val = [json.loads(line) for line in (tmp_path / "ar" / "val.jsonl").read_text().splitlines()]
+    assert (len(train), len(val)) == (30, 10) and not {r["prompt"] for r in train} & {r["prompt"] for r in val}
+    assert {r["level"] for r in train + val} == {"arithmetic 2d+2d", "arithmetic 1dx2d"}
+    for r in train + val:  # the answer is the arithmetic's result
+        a, op, b = r["prompt"].removeprefix("What is ").split("?")[0].split()
+        assert int(r["answer"]) == (int(a) + int(b) if op == "+" else int(a) * int(b))
+    code, _, err = run_cli(["data", "arithmetic", tmp_path / "bad", "--levels", "3d+3d"], capsys)
+    assert code == 2
+    _one_error_line(err, "--levels", "3d+3d", "2d+2d")

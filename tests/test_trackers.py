@@ -148,6 +148,39 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(tiny_llama, dates
     assert "report.json" in {a.path for a in client.list_artifacts(saved["run_id"])}
 
 
+def test_a_run_stopped_by_sigterm_is_killed_in_mlflow_and_a_failed_one_failed(tiny_llama, dates_data, tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_llama, dates_data[0], tmp_path / "run", eval={"before_after": False},
+                       train={"max_steps": 500, "batch_tokens": 256, "save_every": 1000, "report_to": ["mlflow"],
+                              "compile": "false"})
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tuneforge", "train", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(600) == 143
+    saved = json.loads((tmp_path / "run" / TRACKERS_JSON).read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=saved["tracking_uri"])
+    assert client.get_run(saved["run_id"]).info.status == "KILLED"
+    assert client.get_metric_history(saved["run_id"], "loss")  # what it logged before the stop is kept
+
+    class Recorder:
+        name, state, closed = "recorder", None, None
+
+        def close(self, status):
+            self.closed = status
+
+    for error, status in ((RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "killed")):
+        t = Recorder()
+        trackers.Trackers([t], print).abort(error)
+        assert t.closed == status
+
+
 def test_tensorboard_holds_the_metrics_config_report_and_plot(tracked):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

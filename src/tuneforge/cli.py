@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -235,19 +236,22 @@ def runs_show(run: Path = typer.Argument(...)):
 
 
 @runs_app.command("report")
-def runs_report(run: Path = typer.Argument(..., help="an evaluated agent or calibration run directory"),
+def runs_report(run: Path = typer.Argument(..., help="an evaluated agent, calibration or rl run directory"),
                 doc: Path = typer.Option(..., "--into", help="markdown file with the results markers"),
                 images: Path = typer.Option(Path("docs/img"), help="folder the charts are copied to"),
                 command: str = typer.Option(..., help="the command that produced the run, for the record"),
                 wall_seconds: Optional[float] = typer.Option(None, help="how long that command took")):
-    """Write an agent or calibration run's results (intervals, paired differences, charts) into a doc, between
+    """Write an agent, calibration or rl run's results (intervals, paired differences, charts) into a doc, between
     its results markers, with the date, the machine and the command."""
     if RunDir(run).agent_json.is_file():
         from tuneforge.agent.report import publish
     elif RunDir(run).calibration_json.is_file():
         from tuneforge.calibration.report import publish
+    elif RunDir(run).report_json.is_file() and json.loads(RunDir(run).report_json.read_text()).get("rl_eval"):
+        from tuneforge.recipes.rl import publish
     else:
-        raise UserError(f"{run} is neither an agent run (no agent.json) nor a calibration run (no calibration.json)")
+        raise UserError(f"{run} is not an agent run (no agent.json), a calibration run (no calibration.json) "
+                        "or an rl run with held-out results (report.json without rl_eval)")
     print(f"results written into {publish(run, doc, images, command, wall_seconds)}")
 
 
@@ -531,6 +535,22 @@ def data_calibration(out: Path = typer.Argument(...),
 
     q_path, s_path = write_question_sets(out, names(train), per_source, names(shift), n_shift, seed)
     print(f"wrote {q_path} and {s_path}")
+
+
+@data_app.command("arithmetic")
+def data_arithmetic(out: Path = typer.Argument(...),
+                    levels: str = typer.Option("2d+2d,2dx1d,1dx2d", help="comma-separated, from 1d+1d, 1d-1d, 1dx1d, "
+                                               "2d+2d, 2dx1d, 1dx2d (the embedded model's greedy accuracy: 83, 51, 92, "
+                                               "28, 37, 32%)"),
+                    n_train: int = typer.Option(1000, min=1), n_val: int = typer.Option(200, min=1),
+                    seed: int = typer.Option(0)):
+    """Write arithmetic prompts for `recipe: rl` (OUT/train.jsonl, OUT/val.jsonl: prompt, answer, level),
+    spread evenly over the levels, no question in both files; rewarded by `numeric` on `answer`."""
+    from tuneforge.calibration.generated import level_by_name, write_prompt_sets
+
+    chosen = tuple(level_by_name(name) for name in levels.split(",") if name.strip())
+    for name, path in write_prompt_sets(out, chosen, n_train, n_val, seed).items():
+        print(f"{path}: {n_train if name == 'train' else n_val} prompts")
 
 
 @agent_app.command("world")

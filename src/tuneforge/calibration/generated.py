@@ -14,9 +14,12 @@ equally hard questions it got wrong.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
+from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import UserError
 
 
@@ -163,3 +166,26 @@ def story_questions(n: int, seed: int = 0) -> list[dict]:
 
 GENERATED = {"arithmetic": arithmetic_questions, "story": story_questions, "words": word_arithmetic_questions,
              "dates": date_questions}
+
+
+def level_by_name(name: str) -> Level:
+    """'2d+2d' or 'arithmetic 2d+2d' -> its Level; a clear line naming the known ones otherwise."""
+    wanted = name.strip().removeprefix("arithmetic ").strip()
+    for level in LEVELS:
+        if level.name.removeprefix("arithmetic ") == wanted:
+            return level
+    known = ", ".join(level.name.removeprefix("arithmetic ") for level in LEVELS)
+    raise UserError(f"--levels: unknown level {name.strip()!r}; choose from {known}")
+
+
+def write_prompt_sets(out, levels: tuple[Level, ...], n_train: int, n_val: int, seed: int = 0) -> dict:
+    """OUT/train.jsonl and OUT/val.jsonl of {"prompt", "answer", "level"} records (what `recipe: rl`
+    reads, with its `numeric` reward on `answer`), drawn without a question in both."""
+    questions = arithmetic_questions(n_train + n_val, seed, levels)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, part in (("train", questions[:n_train]), ("val", questions[n_train:])):
+        rows = [{"prompt": q["question"], "answer": q["target"], "level": q["source"]} for q in part]
+        paths[name] = atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return paths

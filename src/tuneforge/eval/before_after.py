@@ -57,12 +57,19 @@ def compare(metric: str, before: list[str], after: list[str], refs: list[str]) -
     """Before and after on the same items: each score's 95% bootstrap interval over items, the paired
     difference with its interval, and for exact match McNemar's test on the items that changed."""
     fn = METRICS[metric]
-    b = [fn(p, r) for p, r in zip(before, refs)]
-    a = [fn(p, r) for p, r in zip(after, refs)]
-    out = {"n": len(refs), "before_ci": list(bootstrap_ci(b)[1:]), "after_ci": list(bootstrap_ci(a)[1:]),
-           "difference": list(paired_bootstrap_diff(a, b))}
-    if metric == "exact_match":
-        out["mcnemar"] = mcnemar([x == 1.0 for x in a], [x == 1.0 for x in b])
+    return compare_scores([fn(p, r) for p, r in zip(before, refs)], [fn(p, r) for p, r in zip(after, refs)],
+                          binary=metric == "exact_match")
+
+
+def compare_scores(before: list[float], after: list[float], binary: bool | None = None) -> dict:
+    """The statistics of `compare` from per-item scores (item i of both lists is one item): intervals,
+    the paired difference, and McNemar's test when every score is 0 or 1 (`binary` None: look)."""
+    if binary is None:
+        binary = all(x in (0.0, 1.0) for x in (*before, *after))
+    out = {"n": len(before), "before_ci": list(bootstrap_ci(before)[1:]), "after_ci": list(bootstrap_ci(after)[1:]),
+           "difference": list(paired_bootstrap_diff(after, before))}
+    if binary:
+        out["mcnemar"] = mcnemar([x == 1.0 for x in after], [x == 1.0 for x in before])
     return out
 
 

@@ -11,6 +11,7 @@ prompts_per_step x num_generations completions are split over train.grad_accum m
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from tuneforge.eval.generate import generate, generation_autocast, generation_co
 from tuneforge.models.methods import METHODS
 from tuneforge.recipes.base import RecipeBase
 from tuneforge.recipes.rl_rewards import Rewards, build_rewards, check_fields, reward_functions
-from tuneforge.report import REWARD_PLOT, insert_section, plot_reward, write_report
+from tuneforge.eval.before_after import compare_scores
+from tuneforge.docs_block import copy_images, shift_headings, write_block
+from tuneforge.report import REWARD_PLOT, before_after_table, insert_section, plot_reward, write_report
 from tuneforge.run_dir import PLOTS, RunDir
 from tuneforge.train.losses.grpo import GRPOLoss
 from tuneforge.train.rollouts import Completion, Prompt, RolloutSource
@@ -79,7 +82,9 @@ class RL(RecipeBase):
             "temperature": rl.temperature, "reference": s.loss.reference, **source.totals}
         if cfg.eval.before_after and held_out:
             s.log("answering the held-out prompts with the tuned model...")
-            summary["rl_eval"] = {"before": before, "after": score_held_out(s, held_out, rewards)}
+            after = score_held_out(s, held_out, rewards)
+            compared = compare_held_out(before, after) if before else {}
+            summary["rl_eval"] = {"before": before, "after": after} | compared
         return s.finish(summary, write=_write_rl_report)
 
     def outputs(self, run: Path) -> dict[str, Path]:
@@ -216,7 +221,30 @@ def score_held_out(s: Session, prompts: list[Prompt], rewards: Rewards) -> dict:
     parts = {name: round(sum(x.parts[name] for x in ok) / len(ok), 4) for name in (ok[0].parts if ok else {})}
     return {"prompts": len(prompts), "reward": round(sum(x.reward for x in ok) / len(ok), 4) if ok else None,
             "parts": parts, "reward_errors": len(scored) - len(ok),
+            "per_prompt": [x.reward for x in scored],  # None where a reward failed: left out of comparisons
+            "group": [p.record.get("level", p.record.get("source")) for p in prompts],
             "samples": [{"prompt": str(p.text), "completion": t} for p, t in list(zip(prompts, texts))[:5]]}
+
+
+def compare_held_out(before: dict, after: dict) -> dict:
+    """Before and after on the same held-out prompts (those every reward scored both times): intervals,
+    the paired difference and, for a 0/1 reward, McNemar's test; and the mean reward per `level` (or
+    `source`) field where the records have one."""
+    both = [i for i, (b, a) in enumerate(zip(before["per_prompt"], after["per_prompt"]))
+            if b is not None and a is not None]
+    b = [before["per_prompt"][i] for i in both]
+    a = [after["per_prompt"][i] for i in both]
+    out = {"comparison": compare_scores(b, a) | {"before": sum(b) / len(b) if b else None,
+                                                 "after": sum(a) / len(a) if a else None}}
+    groups: dict = {}
+    for i in both:
+        groups.setdefault(after["group"][i], []).append(i)
+    if len(groups) > 1 or None not in groups:
+        def mean(scores, ix):
+            return round(sum(scores["per_prompt"][i] for i in ix) / len(ix), 4)
+        out["by_group"] = {str(g): {"n": len(ix), "before": mean(before, ix), "after": mean(after, ix)}
+                           for g, ix in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    return out
 
 
 def _write_rl_report(run: Path, summary: dict) -> None:
@@ -236,6 +264,32 @@ def _write_rl_report(run: Path, summary: dict) -> None:
                   f"| sum (weighted) | {b.get('reward', '-')} | {a['reward']} |"]
         lines += [f"| {name} | {b.get('parts', {}).get(name, '-')} | {value} |" for name, value in a["parts"].items()]
         lines.append("")
+        if ev.get("comparison"):
+            c = ev["comparison"]
+            lines += [f"The summed reward on the {c['n']} prompts scored both times, with 95% bootstrap intervals "
+                      "over prompts:", ""]
+            lines += before_after_table({"metric": "reward", "examples": c["n"], **c}) + [""]
+        if ev.get("by_group"):
+            lines += ["| level | prompts | before | after |", "|---|---:|---:|---:|"]
+            lines += [f"| {g} | {v['n']} | {v['before']:.3f} | {v['after']:.3f} |" for g, v in ev["by_group"].items()]
+            lines.append("")
     if plot_reward(run):
         lines += [f"![reward]({PLOTS}/{REWARD_PLOT})", ""]
     insert_section(path, lines)
+
+
+def publish(run: Path, doc: Path, images: Path, command: str, wall_seconds: float | None = None) -> Path:
+    """Put an rl run's results (its report.md section: held-out reward before and after with intervals,
+    per level, the reward curve) into `doc` between its rl results markers (`make rl-demo`: docs/rl.md)."""
+    files = RunDir(run)
+    text = files.report_md.read_text(encoding="utf-8") if files.report_md.is_file() else ""
+    head = "## Reinforcement learning"
+    if head not in text:
+        raise UserError(f"{files.report_md} has no '{head}' section: is {run} a finished rl run?")
+    body = text[text.index(head) + len(head):]
+    body = body[:body.index("\n## ")] if "\n## " in body else body
+    summary = json.loads(files.report_json.read_text()) if files.report_json.is_file() else {}
+    steps = summary.get("steps") or summary.get("step")
+    body = copy_images(body, [files.plots / REWARD_PLOT], run.name, images, doc)
+    return write_block(doc, "rl", shift_headings(body, 1), command, wall_seconds,
+                       f"{steps} optimizer steps." if steps else "")

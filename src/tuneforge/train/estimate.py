@@ -394,12 +394,19 @@ def strategy_for(cfg: Config, processes: int) -> str:
 def setting_for(cfg: Config, device: str, processes: int = 1, row: int | None = None,
                 autocast: bool | None = None) -> Setting:
     autocast = uses_autocast(cfg, device) if autocast is None else autocast
+    tokens = None
+    if cfg.recipe == "rl" and cfg.rl is not None:
+        # A micro-batch is its share of the step's prompts x G sampled completions, each row a prompt
+        # (at most max_prompt_length, or the data's longest) plus max_new_tokens; batch_tokens plays no part.
+        row = (row or cfg.rl.max_prompt_length) + cfg.rl.max_new_tokens
+        rows = -(-cfg.rl.prompts_per_step * cfg.rl.num_generations // cfg.train.grad_accum)
+        tokens = rows * row
     row = row or row_bound(cfg)[0]
     return Setting(
         device=device, autocast=autocast,
         frozen_bytes=frozen_base_bytes(cfg, autocast, METHODS[cfg.method.name].adapter),
         attention=choose_attention(cfg.train.attention, torch.device(device), row),
-        tokens=max(cfg.train.batch_tokens, row), row=row, processes=processes,
+        tokens=tokens or max(cfg.train.batch_tokens, row), row=row, processes=processes,
         strategy=strategy_for(cfg, processes), grad_accum=cfg.train.grad_accum,
         checkpointing=cfg.train.activation_checkpointing, quantize=_quantize(cfg),
     )
