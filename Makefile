@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo calibration-demo agent-demo rl-demo test test-slow bench bench-serve gguf-check clean
+.PHONY: setup browser demo calibration-demo agent-demo rl-demo test test-slow bench bench-serve gguf-check llama-cpp clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -76,7 +76,7 @@ browser:
 	    || echo "browser: apt-get install chromium chromium-driver failed; the UI browser tests will be skipped"; \
 	fi
 
-test: setup $(EXTRAS) browser
+test: setup $(EXTRAS) browser llama-cpp
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=20
 
 test-slow: setup $(EXTRAS)
@@ -91,10 +91,17 @@ bench: setup
 
 # llama.cpp itself on what `tuneforge export` writes (run `make demo` first): builds llama-cpp-python from
 # source (a few minutes; pip caches the wheel), runs its test and compares greedy tokens on the demo run.
+# `make test` tries it too (tests/test_export_gguf.py runs the export in llama.cpp); where it cannot be
+# built (no C++ compiler or cmake) it says so in one line and that test skips.
 LLAMA_CPP := $(VENV)/.llama-cpp-stamp
 $(LLAMA_CPP): $(STAMP) bench/requirements-llama-cpp.txt
 	$(BIN)/python -m pip install -q -r bench/requirements-llama-cpp.txt
 	touch $(LLAMA_CPP)
+
+llama-cpp: $(STAMP)
+	@test -f $(LLAMA_CPP) || echo "llama-cpp: building llama-cpp-python $$(grep -o '==.*' bench/requirements-llama-cpp.txt | head -1) from source (10-30 min on 2 cores; pip keeps the wheel)"
+	@$(MAKE) --no-print-directory $(LLAMA_CPP) >/dev/null 2>&1 || \
+	  echo "llama-cpp: building llama-cpp-python failed (needs a C++ compiler and cmake); the llama.cpp export test will be skipped"
 
 gguf-check: $(LLAMA_CPP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/test_export_gguf.py

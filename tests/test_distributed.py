@@ -225,3 +225,31 @@ def test_strategy_choice_and_odd_resume(monkeypatch):
     assert parallel_strategy(TrainConfig(), DeepSpeed()) == "deepspeed"
     with pytest.raises(UserError, match="grad_accum"):
         parallel_strategy(TrainConfig(grad_accum=2), DeepSpeed())
+
+
+RANK0_LATE = """
+import os, time
+from pathlib import Path
+if os.environ.get("RANK") == "0":  # rank 0 starts only once rank 1 has reached its run-folder step
+    deadline = time.time() + 300
+    while not Path({run!r}).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+from tuneforge.cli import main
+main()
+"""
+
+
+def test_a_slow_rank_zero_still_finds_the_run_folder_its_own(tiny_llama, dates_data, tmp_path):
+    # Seen on a loaded machine: rank 1 loaded faster, wrote into the new folder, and rank 0's check
+    # then refused it as "already exists".
+    run = tmp_path / "run"
+    cfg = _config(tmp_path / "c.yaml", tiny_llama, dates_data[0], run, distributed="ddp")
+    script = tmp_path / "late.py"
+    script.write_text(RANK0_LATE.format(run=str(run)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), "train", str(cfg), "train.max_steps=1"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "config.yaml").is_file() and (run / "adapter").is_dir()

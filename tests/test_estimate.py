@@ -160,19 +160,37 @@ def test_frozen_base_bf16_and_quantized(tiny_llama):
     assert fp32 - nf4 == pytest.approx(block_weights * (4 - 0.5), rel=0.01)  # ~half a byte a weight
 
 
+class _Kept:
+    """What the pack hook hands autograd instead of a tensor: alive exactly as long as the graph keeps it."""
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
 def _saved_bytes(loss_model, batch, params) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward, parameters left out."""
+    """Bytes of the distinct tensors autograd keeps for backward, parameters left out. Counted once the
+    forward is done, among what the graph still holds: a branch the forward detaches (DoRA's weight norm)
+    is freed with what it saved, and counting at pack time made the total depend on address reuse."""
+    import weakref
+
     owned = {p.untyped_storage().data_ptr() for p in params}
-    seen: dict[int, int] = {}
+    kept = []
 
     def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in owned:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
+        holder = _Kept(t)
+        kept.append(weakref.ref(holder))
+        return holder
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss_model(**batch)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+        out = loss_model(**batch)  # noqa: F841 - holds the graph while its saved tensors are counted
+    seen: dict[int, int] = {}
+    for ref in kept:
+        holder = ref()
+        if holder is not None:
+            storage = holder.tensor.untyped_storage()
+            if storage.data_ptr() not in owned:
+                seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
 

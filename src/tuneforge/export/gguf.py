@@ -27,8 +27,9 @@ LLAMA_FAMILY = ("LlamaForCausalLM",)
 QUANTS = ("f32", "f16", "q8_0")
 # llama.cpp names its pre-tokenizers (how text is split before BPE); a file must say which one its
 # tokenizer needs. Known here: SmolLM/SmolLM2 (the embedded model), by its pre-tokenizer as the hub
-# ships it, or by its vocabulary (a tokenizer converted from GGUF has lost the former). Others get
-# "default", which llama.cpp loads with a warning.
+# ships it, or by its vocabulary (a tokenizer converted from GGUF has lost the former), and GPT-2's
+# byte-level split. Others get "default", which llama.cpp loads with a warning and may split text
+# differently from transformers (tests/test_export_gguf.py compares the two with llama.cpp itself).
 KNOWN_PRE = {"smollm": ("Digits", "ByteLevel")}
 KNOWN_VOCAB = {"6dae5ca0dff9573b1c5a7d6ab32c3498f4af9d3e3dc582f234af80ffc8c2543d": "smollm"}  # sha256 of the tokens
 
@@ -60,7 +61,10 @@ def permute_rotary(weight: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def _pre_tokenizer(spec: dict) -> str:
-    kinds = tuple(p.get("type") for p in (spec.get("pretokenizers") or [spec])) if spec else ()
+    parts = (spec.get("pretokenizers") or [spec]) if spec else []
+    kinds = tuple(p.get("type") for p in parts)
+    if kinds == ("ByteLevel",) and parts[0].get("use_regex", True):
+        return "gpt-2"  # GPT-2's own split (its regex inside ByteLevel): llama.cpp's "gpt-2"
     return next((name for name, known in KNOWN_PRE.items() if kinds == known), "default")
 
 

@@ -113,6 +113,12 @@ class Session:
         """Make the run folder and record the config. Called once model and data are known good, so a
         failed start leaves nothing behind. A stage inside a run does not record one: a folder with a
         config.yaml is a run of its own to `tuneforge runs`."""
+        if launcher_rank() != 0:
+            # Rank 0 alone checks, replaces and records the folder: another rank writing here first (it
+            # may load faster) would make rank 0 refuse the folder, and its --overwrite would delete what
+            # rank 0 wrote. Rank 0 has done all three before the process group's rendezvous lets it by.
+            self.run.mkdir(parents=True, exist_ok=True)
+            return self.run
         create_run_dir(self.run, self.overwrite, self.resume)
         if record_config:
             atomic_write_text(RunDir(self.run).config, dump_config(self.cfg))
