@@ -340,3 +340,28 @@ def test_status_rules(tmp_path):
     (run / "report.json").write_text("{}")
     assert run_status(run, now=later) == "finished"
     shutil.rmtree(run)
+
+
+def test_the_stop_button_checkpoints_the_step_and_says_how_to_resume(tiny_llama, dates_data, tmp_path):
+    # What POST /api/launch/NAME/stop does: SIGTERM to the training it launched, which finishes its step,
+    # checkpoints and exits 143 (the graceful stop of `tuneforge train`); the run page then offers --resume.
+    from tuneforge.ui.launcher import Launcher
+
+    runs = tmp_path / "runs"
+    cfg = yaml.safe_load(write_config(tmp_path / "c.yaml", tiny_llama, dates_data[0], runs / "long",
+                                      eval={"before_after": False},
+                                      train={"max_steps": 500, "batch_tokens": 256, "save_every": 1000,
+                                             "compile": "false"}).read_text())
+    launcher = Launcher(runs)
+    launcher.start("long", yaml.safe_dump(cfg))
+    metrics = runs / "long" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while launcher.alive("long") and time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.05)
+    assert launcher.alive("long"), launcher.info("long")["log_tail"]
+    assert launcher.stop("long") == {"name": "long", "stopped": True}
+    info = launcher.info("long")
+    assert info["returncode"] == 143 and info["stopped"] and info["resume_command"].endswith("--resume")
+    assert "continue with: tuneforge train" in info["log_tail"]
+    [checkpoint] = (runs / "long" / "checkpoints").glob("step-*")
+    assert (checkpoint / "progress.json").is_file()  # complete: the step it stopped at
