@@ -287,7 +287,8 @@ def publish(run: Path, doc: Path, images: Path, command: str, wall_seconds: floa
     if head not in text:
         raise UserError(f"{files.report_md} has no '{head}' section: is {run} a finished rl run?")
     body = text[text.index(head) + len(head):]
-    body = body[:body.index("\n## ")] if "\n## " in body else body
+    for end in ("\n## ", "![loss]"):  # the next section, or the loss plot report.md puts after this one
+        body = body[:body.index(end)] if end in body else body
     summary = json.loads(files.report_json.read_text()) if files.report_json.is_file() else {}
     steps = summary.get("steps") or summary.get("step")
     body = copy_images(body, [files.plots / REWARD_PLOT], run.name, images, doc)
