@@ -315,6 +315,15 @@ def test_a_run_logs_rewards_and_reports_before_and_after(tmp_path, tiny_llama, c
     assert c["difference"][0] == pytest.approx(c["after"] - c["before"])
     assert "95% interval" in (run / "report.md").read_text()
     assert report["algorithm"] == "rloo" and report["reference"] == "adapter_disabled"
+    doc = tmp_path / "rl.md"
+    doc.write_text("# RL\n\n<!-- rl results: begin (written by tuneforge; edits between the markers are replaced) -->\n"
+                   "<!-- rl results: end -->\n")
+    code, _, err = run_cli(["runs", "report", run, "--into", doc, "--images", tmp_path / "img", "--command", "x"],
+                           capsys)
+    assert code == 0, err
+    block = doc.read_text()
+    assert "Held-out prompts (3, greedy)" in block and "![reward](img/run-reward.png)" in block
+    assert "![loss]" not in block and (tmp_path / "img" / "run-reward.png").is_file()
     assert (run / "plots" / "reward.png").is_file() and "![reward]" in (run / "report.md").read_text()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
