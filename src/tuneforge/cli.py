@@ -540,8 +540,8 @@ def data_calibration(out: Path = typer.Argument(...),
 @data_app.command("arithmetic")
 def data_arithmetic(out: Path = typer.Argument(...),
                     levels: str = typer.Option("2d+2d,2dx1d,1dx2d", help="comma-separated, from 1d+1d, 1d-1d, 1dx1d, "
-                                               "2d+2d, 2dx1d, 1dx2d (the embedded model's greedy accuracy: 83, 51, 92, "
-                                               "28, 37, 32%)"),
+                                               "2d+2d, 2dx1d, 1dx2d (the embedded model's greedy accuracy under "
+                                               "calibration's prompt: 83, 51, 92, 28, 37, 32%)"),
                     n_train: int = typer.Option(1000, min=1), n_val: int = typer.Option(200, min=1),
                     seed: int = typer.Option(0)):
     """Write arithmetic prompts for `recipe: rl` (OUT/train.jsonl, OUT/val.jsonl: prompt, answer, level),
