@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tuneforge.docs_block import machine
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SETTINGS = dict(prompts_per_step=4, num_generations=8, grad_accum=2, max_new_tokens=24, lr=2e-4, beta=0.04,
@@ -108,13 +110,8 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
             "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
-
-
 def table(rows: list[dict], command: str) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, {os.cpu_count()} cores, fp32, each system alone:",
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, fp32, one system at a time:",
              "", "```bash", command, "```", "",
              "| system | steps | s/step (training loop) | wall (s, process incl. loading) | reward, first 3 steps "
              "| reward, last 3 steps | CPU s (process) | peak RSS (GB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -14,27 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from tuneforge.docs_block import machine
 from tuneforge.eval.generate import render_prompt
 from tuneforge.export.gguf import export_gguf
 from tuneforge.models.merge import load_for_inference
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def read_prompts(path: Path, n: int) -> list[str]:
@@ -101,7 +92,7 @@ def check(run: Path, prompts: list[str], quants: list[str], max_new: int) -> lis
 def table(rows: list[dict], command: str, run: Path) -> str:
     import llama_cpp
 
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()}, llama-cpp-python {llama_cpp.__version__}, "
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, llama-cpp-python {llama_cpp.__version__}, "
              f"run `{run}`:", "", "```bash", command, "```", "",
              "| quant | file (MB) | prompts | same tokenization | identical greedy tokens | mean matching prefix "
              "| llama.cpp tokens/s |", "|---|---:|---:|---:|---:|---:|---:|"]
