@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -90,7 +91,8 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
             step_times.append(time.perf_counter() - self.t)
 
     cfg = GRPOConfig(output_dir=str(work / "trl"), max_steps=steps, learning_rate=s["lr"], lr_scheduler_type="cosine",
-                     warmup_ratio=s["warmup_ratio"], per_device_train_batch_size=s["prompts_per_step"]
+                     warmup_steps=math.ceil(s["warmup_ratio"] * steps),  # TRL 1.16 has no warmup_ratio
+                     per_device_train_batch_size=s["prompts_per_step"]
                      * s["num_generations"] // s["grad_accum"], gradient_accumulation_steps=s["grad_accum"],
                      num_generations=s["num_generations"], max_completion_length=s["max_new_tokens"],
                      temperature=s["temperature"], beta=s["beta"], epsilon=s["epsilon"], loss_type="dapo",
