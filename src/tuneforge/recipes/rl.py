@@ -20,13 +20,13 @@ import torch
 from tuneforge.config import Config
 from tuneforge.data.dataset import hold_out
 from tuneforge.data.sources import Record, read_records
+from tuneforge.docs_block import copy_images, shift_headings, write_block
 from tuneforge.errors import UserError
+from tuneforge.eval.before_after import compare_scores
 from tuneforge.eval.generate import generate, generation_autocast, generation_config, render_prompt, seeded
 from tuneforge.models.methods import METHODS
 from tuneforge.recipes.base import RecipeBase
 from tuneforge.recipes.rl_rewards import Rewards, build_rewards, check_fields, reward_functions
-from tuneforge.eval.before_after import compare_scores
-from tuneforge.docs_block import copy_images, shift_headings, write_block
 from tuneforge.report import REWARD_PLOT, before_after_table, insert_section, plot_reward, write_report
 from tuneforge.run_dir import PLOTS, RunDir
 from tuneforge.train.losses.grpo import GRPOLoss
@@ -83,7 +83,8 @@ class RL(RecipeBase):
         if cfg.eval.before_after and held_out:
             s.log("answering the held-out prompts with the tuned model...")
             after = score_held_out(s, held_out, rewards)
-            compared = compare_held_out(before, after) if before else {}
+            # a run resumed from one started before per-prompt scores were kept has only the means
+            compared = compare_held_out(before, after) if before and "per_prompt" in before else {}
             summary["rl_eval"] = {"before": before, "after": after} | compared
         return s.finish(summary, write=_write_rl_report)
 
