@@ -8,6 +8,8 @@ Each mode runs in a fresh process (so peak RSS is its own) on the same JSONL fil
   build      read + encode through `datasets.map` into the Arrow cache (a cache miss)
   hit        the same config again: the cache entry, memory-mapped
   stream     one pass of `data.streaming` (read, encode and plan a window at a time)
+  floor      the tokenizer alone on the already rendered texts, over the same processes: the bound
+             on any path that tokenizes with this tokenizer on this machine
 
   llamafactory  LLaMA-Factory's preprocessing of the same file (its `tokenized_path`: tokenize, save,
              exit), run from its own venv (`--llamafactory-venv`; `pip install llamafactory==0.9.5` there)
@@ -48,7 +50,26 @@ def write_synthetic(path: Path, n: int, seed: int = 0) -> None:
                                 "output": answer}) + "\n")
 
 
+def _anon_peak_sampler() -> list[int]:
+    """The process's peak anonymous memory (RssAnon: what it holds, not the pages of memory-mapped
+    files it reads, which RSS also counts and the kernel drops under pressure), sampled every 0.1 s."""
+    import threading
+
+    peak = [0]
+
+    def sample():
+        while True:
+            for line in open("/proc/self/status"):
+                if line.startswith("RssAnon:"):
+                    peak[0] = max(peak[0], int(line.split()[1]) // 1024)
+            time.sleep(0.1)
+
+    threading.Thread(target=sample, daemon=True).start()
+    return peak
+
+
 def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str, num_proc: int | None) -> dict:
+    anon = _anon_peak_sampler()
     from transformers import AutoTokenizer
 
     from tuneforge.config import DataConfig
@@ -69,6 +90,22 @@ def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str,
         else:
             train, val = encode_split(splits.train, tok, cfg), encode_split(splits.val, tok, cfg)
             n_kept, read, balanced = len(train.encoded) + len(val.encoded), len(splits.train) + len(splits.val), None
+    elif mode == "floor":
+        # The tokenizer alone on the rendered texts, over the build's processes: what no data path with
+        # this tokenizer can beat. Rendering happens before the clock starts.
+        from multiprocessing import Pool
+
+        from tuneforge.data.dataset import load_splits
+        from tuneforge.data.render import _char_spans
+
+        splits = load_splits(DataConfig(**kw), 0)
+        texts = [_char_spans(ex, tok, False)[0] for ex in splits.train + splits.val]
+        procs = num_proc or os.cpu_count() or 1
+        parts = [texts[i::procs] for i in range(procs)]
+        start = time.perf_counter()
+        with Pool(procs, initializer=os.environ.__setitem__, initargs=("TOKENIZERS_PARALLELISM", "false")) as pool:
+            n_kept = sum(pool.map(_tokenize_all, [(tok, part) for part in parts]))
+        read, balanced = len(texts), None
     elif mode == "stream":
         from tuneforge.data.stream import TokenStream
 
@@ -88,10 +125,21 @@ def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str,
         if mode == "hit":
             assert prepared.cache.startswith("cache hit"), prepared.cache
             sum(len(prepared.train[i].ids) for i in range(0, len(prepared.train), 97))  # touch the tokens
+            prepared.val_examples[:200]  # and the held-out examples a generation-based evaluation reads
     seconds = time.perf_counter() - start
     return {"mode": mode, "seconds": round(seconds, 1), "read": read, "kept": n_kept,
             "examples_per_s": round(read / seconds), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "peak_anon_mb": anon[0],
+            # the largest worker process (datasets' workers, for the cache build), apart from this one
+            "peak_rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024,
             "balanced": balanced}
+
+
+def _tokenize_all(args) -> int:
+    tok, texts = args
+    for i in range(0, len(texts), 256):
+        tok.backend_tokenizer.encode_batch(texts[i:i + 256], add_special_tokens=False)
+    return len(texts)
 
 
 def llamafactory(venv: Path, data: Path, tokenizer: str, max_length: int, num_proc: int, work: Path) -> dict:

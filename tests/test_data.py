@@ -335,3 +335,34 @@ def test_collate_restarts_position_ids_per_example(tok):
     assert batch["position_ids"][1].tolist() == [0, 1] + list(range(7))
     assert batch["input_ids"][1, 2:].eq(7).all() and not batch["target_mask"][1, 2:].any()
     assert int(batch["target_mask"].sum()) == sum(e.n_targets for e in encoded) + encoded[1].n_targets
+
+
+TEMPLATES = {
+    "chatml": None,
+    "bos-and-raise": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'tool' %}"
+                      "{{ raise_exception('no tools') }}{% endif %}[{{ m['role'] | upper }}] {{ m['content'] | trim }}"
+                      "{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[ASSISTANT] {% endif %}"),
+    "loop-vars": ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<s>default</s>{% endif %}"
+                  "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{{ '>' if add_generation_prompt else '' }}"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_rendering_equals_apply_chat_template(tiny_llama, name):
+    from tuneforge.data.formats import Segment
+    from tuneforge.data.render import _messages, render_text, setup_chat_template
+    from tuneforge.errors import UserError
+    from tuneforge.models.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama)
+    setup_chat_template(tok, TEMPLATES[name] or "chatml", "test")
+    convs = [[Segment("user", "  hi  ", False), Segment("assistant", "yo", True)],
+             [Segment("system", "be brief", False), Segment("user", "2+2?", False), Segment("assistant", "4", True),
+              Segment("user", "and 3+3?", False)]]
+    for segs in convs:
+        for gen in (False, True):
+            assert render_text(tok, segs, gen) == tok.apply_chat_template(_messages(segs), tokenize=False,
+                                                                           add_generation_prompt=gen)
+    if name == "bos-and-raise":  # a template's own error is the user's one line, as before
+        with pytest.raises(UserError, match="the chat template failed on this conversation .no tools."):
+            render_text(tok, [Segment("tool", "x", False)], False, where="d.jsonl:3")

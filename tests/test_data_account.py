@@ -81,8 +81,11 @@ def test_the_categories_add_up_under_every_truncation(tmp_path, tok, truncation)
 
 
 def test_bad_records_stop_the_run_by_default(tmp_path, tok):
-    with pytest.raises(UserError, match=r"d.jsonl:\d+: not valid JSON"):
+    # the first malformed record in the file, not the first that happens not to parse
+    with pytest.raises(UserError, match=r"d.jsonl:24: field 'instruction' is empty"):
         _account(_file(tmp_path, _rows()), tok)
+    with pytest.raises(UserError, match=r"d.jsonl:1: not valid JSON"):
+        _account(_file(tmp_path / "json", [], ("{not json",)), tok)
 
 
 def test_losing_more_than_max_lost_stops_with_the_counts_and_the_fix(tmp_path, tok):

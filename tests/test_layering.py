@@ -19,6 +19,8 @@ ENV_READS = {
     "models/embedded.py": "TUNEFORGE_HOME: where the converted default model is cached (like HF_HOME)",
     "wheels.py": "a local copy of a wheel instead of a download (offline machines)",
     "models/load.py": "HF_HUB_OFFLINE is only named in an error message",
+    "data/cache_build.py": "sets (reads nothing) TOKENIZERS_PARALLELISM off inside the build's worker processes, "
+                           "one per core already: tokenizers has no other switch",
     "train/distributed.py": "ACCELERATE_USE_FSDP: accelerate's own launcher setting, hidden from accelerate; "
                             "RANK: the launcher's rank, needed before any process group exists",
 }

@@ -100,7 +100,7 @@ def test_an_interrupted_build_leaves_no_entry(tmp_path, tok, monkeypatch):
     def fail(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(token_cache, "_write_examples", fail)
+    monkeypatch.setattr(token_cache, "write_json", fail)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg(tmp_path, data), 0, tok)
     assert list((tmp_path / "cache").iterdir()) == []  # no entry, no scratch folder

@@ -9,6 +9,8 @@ failure of tools that mask it.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,12 +69,36 @@ def _messages(segs: list[Segment]) -> list[dict]:
     return [{"role": s.role, "content": s.text} for s in segs]
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(template: str):
+    """The tokenizer's chat template compiled as transformers compiles it (sandboxed, its extensions
+    and filters), cached; None where this transformers lacks the function (then apply_chat_template)."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+    except ImportError:
+        return None
+    return _compile_jinja_template(template)
+
+
+def _template_tokens(tokenizer) -> dict:
+    """The special tokens apply_chat_template passes to a template (bos_token, eos_token, ...), as strings."""
+    return {k: [str(t) for t in v] if isinstance(v, (list, tuple)) else str(v)
+            for k, v in tokenizer.special_tokens_map.items()}
+
+
 def render_text(tokenizer, segs: list[Segment], add_generation_prompt: bool, where: str = "") -> str:
     import jinja2
 
+    template = tokenizer.chat_template
+    compiled = _compiled(template) if isinstance(template, str) else None
     try:
-        return tokenizer.apply_chat_template(_messages(segs), tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        if compiled is None:
+            return tokenizer.apply_chat_template(_messages(segs), tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        # What apply_chat_template renders, without its per-call copying and checks of rich message
+        # objects (ours are plain strings): about 40% of a render, which is most of preparing data.
+        return compiled.render(messages=_messages(segs), tools=None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **_template_tokens(tokenizer))
     except jinja2.TemplateError as e:
         msg = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{where + ': ' if where else ''}the chat template failed on this conversation ({msg}); "
@@ -117,7 +143,8 @@ def _span_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> 
         return [False] * len(offsets)
     starts = np.array([a for a, _ in spans])
     ends = np.array([b for _, b in spans])
-    tok = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    # fromiter over the flattened pairs: several times faster than asarray on a list of tuples
+    tok = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
     k = np.searchsorted(starts, tok[:, 0], side="right") - 1  # the last span starting at or before the token
     inside = (k >= 0) & (tok[:, 1] <= ends[np.maximum(k, 0)]) & (tok[:, 1] > tok[:, 0])
     return inside.tolist()

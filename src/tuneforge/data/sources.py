@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +61,17 @@ def jsonl_record(line: str, where: str, bad: list[str] | None = None) -> Record 
     return Record(obj, where)
 
 
-def _read_jsonl(path: Path, bad: list[str] | None = None) -> list[Record]:
-    """Records of a JSONL file (see `jsonl_record` for malformed lines)."""
-    records = []
+def iter_jsonl(path: Path, bad: list[str] | None = None) -> Iterator[Record]:
+    """Records of a JSONL file, one at a time (see `jsonl_record` for malformed lines: their reasons
+    reach `bad` as the reading passes them, so a caller that converts as it goes keeps file order)."""
     for lineno, line in enumerate(io.StringIO(read_text(path), newline=None), 1):
         record = jsonl_record(line, f"{path}:{lineno}", bad)
         if record is not None:
-            records.append(record)
-    return records
+            yield record
+
+
+def _read_jsonl(path: Path, bad: list[str] | None = None) -> list[Record]:
+    return list(iter_jsonl(path, bad))
 
 
 def _read_json(path: Path) -> list[Record]:
@@ -90,7 +94,9 @@ def _read_json(path: Path) -> list[Record]:
     return out
 
 
-def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
+def open_dataset(kind: str, path: str, split: str):
+    """`path` as a `datasets.Dataset` (Arrow, memory-mapped): a Parquet or CSV file, a saved dataset
+    folder ("disk") or a hub id ("hub")."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -100,15 +106,15 @@ def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
     datasets.logging.set_verbosity(datasets.logging.CRITICAL + 10)
     try:
         if kind in ("parquet", "csv"):
-            ds = datasets.load_dataset(kind, data_files=path, split="train")
-        elif kind == "disk":
+            return datasets.load_dataset(kind, data_files=path, split="train")
+        if kind == "disk":
             ds = datasets.load_from_disk(path)
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
                     raise UserError(f"{path}: no split '{split}' (has {', '.join(ds)}); set data.split")
                 ds = ds[split]
-        else:
-            ds = datasets.load_dataset(path, split=split)
+            return ds
+        return datasets.load_dataset(path, split=split)
     except UserError:
         raise
     except Exception as e:  # datasets raises many types; the user needs the path and the reason
@@ -116,32 +122,48 @@ def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
         raise UserError(f"{path}: could not load as a dataset ({type(e).__name__}: {reason})") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+
+
+def row_where(kind: str, path: str, i: int) -> str:
+    """Where row `i` of a dataset source is, for messages: a file line (CSV: after the header) or an index."""
     if kind in ("parquet", "csv"):
-        return [Record(dict(row), f"{path}:{i + 2 if kind == 'csv' else i}") for i, row in enumerate(ds)]
-    return [Record(dict(row), f"{path}[{i}]") for i, row in enumerate(ds)]
+        return f"{path}:{i + 2 if kind == 'csv' else i}"
+    return f"{path}[{i}]"
+
+
+def _read_with_datasets(kind: str, path: str, split: str) -> list[Record]:
+    return [Record(dict(row), row_where(kind, path, i)) for i, row in enumerate(open_dataset(kind, path, split))]
+
+
+def source_kind(source: str) -> str:
+    """How `source` is read: "jsonl", "json" (one document), "parquet", "csv", "disk" or "hub"."""
+    path = Path(source)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            return "jsonl"
+        if suffix == ".json":
+            # Many users name JSONL files .json: a whole-file JSON document wins, else lines.
+            return "json" if _is_json_document(path) else "jsonl"
+        if suffix in (".parquet", ".csv"):
+            return suffix[1:]
+        raise UserError(f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .parquet or .csv")
+    if path.is_dir():
+        return "disk"
+    if "/" in source and not source.startswith((".", "/")) and not path.suffix:
+        return "hub"  # an HF hub dataset id such as "org/name"
+    raise UserError(f"data file {source} does not exist")
 
 
 def read_records(source: str, split: str = "train", bad: list[str] | None = None) -> list[Record]:
     """Every record of `source`. `bad`: where unreadable JSONL lines go (one reason each) instead of
     stopping the read; a whole file that cannot be read always stops it."""
-    path = Path(source)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            return _read_jsonl(path, bad)
-        if suffix == ".json":
-            # Many users name JSONL files .json: a whole-file JSON document wins, else lines.
-            return _read_json(path) if _is_json_document(path) else _read_jsonl(path, bad)
-        if suffix == ".parquet":
-            return _read_with_datasets("parquet", str(path), split)
-        if suffix == ".csv":
-            return _read_with_datasets("csv", str(path), split)
-        raise UserError(f"{path}: unsupported file type '{suffix}'; use .jsonl, .json, .parquet or .csv")
-    if path.is_dir():
-        return _read_with_datasets("disk", str(path), split)
-    if "/" in source and not source.startswith((".", "/")) and not path.suffix:
-        return _read_with_datasets("hub", source, split)  # an HF hub dataset id such as "org/name"
-    raise UserError(f"data file {source} does not exist")
+    kind = source_kind(source)
+    if kind == "jsonl":
+        return _read_jsonl(Path(source), bad)
+    if kind == "json":
+        return _read_json(Path(source))
+    return _read_with_datasets(kind, source, split)
 
 
 def _is_json_document(path: Path) -> bool:

@@ -7,10 +7,11 @@ tokenizer with its chat template. A second run, `--resume` and `compare-methods`
 fingerprint and skip reading and tokenizing; changing any of those inputs makes a new entry.
 
 One entry is a folder `<cache_dir>/<fingerprint>/` holding `train/` and `validation/` (Arrow:
-ids, mask, truncated, length; one row per kept example, a mixture's repeats included),
-`val_examples.jsonl` (the held-out examples as segments, for generation-based evaluation) and
-`account.json` (the data account and notes). It is written in a scratch folder and renamed into
-place whole, so an interrupted build leaves nothing a later run could mistake for a cache.
+ids, mask, truncated, length; one row per kept example, a mixture's repeats included; validation
+also keeps each example as JSON, for generation-based evaluation), `key.json` (what the fingerprint
+hashed) and `account.json` (the data account and notes). cache_build.py writes it, in worker
+processes, in a scratch folder that is renamed into place whole, so an interrupted build leaves
+nothing a later run could mistake for a cache.
 """
 
 from __future__ import annotations
@@ -28,16 +29,14 @@ import numpy as np
 from tuneforge.atomic import write_json
 from tuneforge.config import DataConfig
 from tuneforge.data.account import DataAccount
-from tuneforge.data.dataset import (ENCODE_CHUNK, KEPT, EncodedSplit, Splits, account_for, encode_split,
-                                    load_splits, outcome, tally, unique)
+from tuneforge.data.cache_build import build
+from tuneforge.data.dataset import EncodedSplit, Splits, account_for, encode_split, load_splits
 from tuneforge.data.formats import Example, Segment
-from tuneforge.data.render import Encoded, encode_many
+from tuneforge.data.render import Encoded
 
-FORMAT_VERSION = 1  # bump when what an entry holds, or how encoding works, changes
+FORMAT_VERSION = 2  # bump when what an entry holds, or how encoding works, changes
 # Data config keys that do not change what is encoded (they only decide where, how fast, or whether to stop).
 NOT_FINGERPRINTED = {"max_lost", "cache", "cache_dir", "num_proc", "streaming"}
-# Below this many examples, starting worker processes costs more than it saves.
-PARALLEL_FROM = 4000
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -134,88 +133,34 @@ class PreparedData:
     """What a recipe trains and evaluates on, with the account of every record read."""
     train: Sequence[Encoded]
     val: Sequence[Encoded]
-    val_examples: list[Example]
+    val_examples: Sequence[Example]
     account: DataAccount
     notes: list[tuple[str, str]] = field(default_factory=list)
     cache: str = ""  # how the data got here, for the log: "cache hit <dir>", "cached in <dir>" or ""
 
 
-def _encode_rows(batch: dict, tokenizer, max_length: int, truncation: str, train_on_prompt: bool) -> dict:
-    """`datasets.map` function: a batch of examples (as JSON) to token columns and an outcome each."""
-    examples = [_example(json.loads(text)) for text in batch["example"]]
-    ids, masks, truncated, lengths, outcomes = [], [], [], [], []
-    for enc in encode_many(examples, tokenizer, max_length, truncation, train_on_prompt):
-        outcomes.append(outcome(enc))
-        ids.append(enc.ids if enc is not None else [])
-        masks.append(np.asarray(enc.mask, dtype=np.uint8) if enc is not None else np.zeros(0, np.uint8))
-        truncated.append(enc is not None and enc.truncated)
-        lengths.append(len(enc.ids) if enc is not None else 0)
-    return {"ids": ids, "mask": masks, "truncated": truncated, "length": lengths, "outcome": outcomes}
+class StoredExamples(Sequence):
+    """The held-out examples of a cache entry, decoded from their JSON column one at a time (generation-
+    based evaluation reads only the first eval.max_examples of them)."""
 
+    def __init__(self, folder: Path):
+        import datasets
 
-def _as_json(ex: Example) -> dict:
-    return {"segments": [[s.role, s.text, s.train] for s in ex.segments], "where": ex.where, "meta": ex.meta}
+        has_rows = any(folder.glob("*.arrow"))
+        self._column = datasets.load_from_disk(str(folder)).data.table.column("example") if has_rows else []
 
+    def __len__(self) -> int:
+        return len(self._column)
 
-def _example(obj: dict) -> Example:
-    return Example([Segment(*s) for s in obj["segments"]], obj["where"], obj["meta"])
-
-
-def _workers(cfg: DataConfig, n: int) -> int:
-    if cfg.num_proc is not None:
-        return cfg.num_proc
-    return max(1, min(os.cpu_count() or 1, 8)) if n >= PARALLEL_FROM else 1
-
-
-def _encode_to(folder: Path, work: Path, examples: list[Example], tokenizer, cfg: DataConfig, key: str
-               ) -> EncodedSplit:
-    """Encode `examples` with `datasets.map` (batched, over `num_proc` processes; its files go in `work`)
-    and save the kept rows, repeats included, as an Arrow folder; the split's counts and notes come back."""
-    import datasets
-
-    distinct, index = unique(examples)
-    table = datasets.Dataset.from_dict({"example": [json.dumps(_as_json(ex), default=str) for ex in distinct]},
-                                       features=datasets.Features({"example": datasets.Value("string")}))
-    features = datasets.Features({"ids": datasets.Sequence(datasets.Value("int32")),
-                                  "mask": datasets.Sequence(datasets.Value("uint8")),
-                                  "truncated": datasets.Value("bool"), "length": datasets.Value("int32"),
-                                  "outcome": datasets.Value("int8")})
-    stored = datasets.Features({k: v for k, v in features.items() if k != "outcome"})
-
-    def save_empty():  # map leaves an empty table without its new columns, and an empty select cannot be read back
-        datasets.Dataset.from_dict({k: [] for k in stored}, features=stored).save_to_disk(str(folder))
-
-    if not distinct:
-        save_empty()
-        return EncodedSplit()
-    workers = min(_workers(cfg, len(distinct)), max(1, len(distinct) // ENCODE_CHUNK))
-    encoded = table.map(_encode_rows, batched=True, batch_size=ENCODE_CHUNK, num_proc=workers if workers > 1 else None,
-                        remove_columns=["example"], features=features, new_fingerprint=f"{key}-{folder.name}",
-                        cache_file_name=str(work / f"{folder.name}.arrow"),
-                        fn_kwargs={"tokenizer": tokenizer, "max_length": cfg.max_length, "truncation": cfg.truncation,
-                                   "train_on_prompt": cfg.train_on_prompt})
-    columns = encoded.data.table
-    outcomes = columns.column("outcome").to_numpy()
-    out = tally(distinct, index, outcomes.tolist(), columns.column("truncated").to_numpy().tolist(),
-                columns.column("length").to_numpy().tolist())
-    rows = [i for i in index if outcomes[i] == KEPT]
-    out.examples = [distinct[i] for i in rows]
-    if rows:
-        encoded.remove_columns(["outcome"]).select(rows).save_to_disk(str(folder))
-    else:
-        save_empty()
-    return out
-
-
-def _write_examples(path: Path, examples: list[Example]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for ex in examples:
-            f.write(json.dumps(_as_json(ex), default=str) + "\n")
-
-
-def _read_examples(path: Path) -> list[Example]:
-    with open(path, encoding="utf-8") as f:
-        return [_example(json.loads(line)) for line in f]
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        obj = json.loads(self._column[i].as_py())
+        return Example([Segment(*seg) for seg in obj["segments"]], obj["where"], obj["meta"])
 
 
 def prepare(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
@@ -228,7 +173,6 @@ def prepare(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
     entry = root / fingerprint(inputs)
     if (entry / "account.json").is_file():
         return _load(entry, f"cache hit {entry}")
-    splits = load_splits(cfg, seed)
     scratch = root / f".{entry.name}.{os.getpid()}.partial"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -236,15 +180,10 @@ def prepare(cfg: DataConfig, seed: int, tokenizer) -> PreparedData:
         import datasets
 
         datasets.disable_progress_bars()
-        work = scratch / "work"
-        key = entry.name
-        train = _encode_to(scratch / "train", work, splits.train, tokenizer, cfg, key)
-        val = _encode_to(scratch / "validation", work, splits.val, tokenizer, cfg, key)
-        shutil.rmtree(work)  # map's own files: the saved folders hold the rows
-        account = account_for(splits, train, val)
-        _write_examples(scratch / "val_examples.jsonl", val.examples)
+        built = build(cfg, seed, tokenizer, scratch, entry.name)
+        shutil.rmtree(scratch / "work")  # the workers' rows: the saved folders hold the chosen ones
         write_json(scratch / "key.json", inputs)
-        write_json(scratch / "account.json", {"account": account.as_dict(), "notes": _notes(splits, train, val)})
+        write_json(scratch / "account.json", {"account": built.account.as_dict(), "notes": built.notes})
         try:
             scratch.rename(entry)
         except OSError:  # another process finished the same entry first: theirs is as good
@@ -263,7 +202,7 @@ def _notes(splits: Splits, train: EncodedSplit, val: EncodedSplit) -> list[tuple
 def _load(entry: Path, how: str) -> PreparedData:
     saved = json.loads((entry / "account.json").read_text())
     return PreparedData(TokenStore(entry / "train"), TokenStore(entry / "validation"),
-                        _read_examples(entry / "val_examples.jsonl"), DataAccount.from_dict(saved["account"]),
+                        StoredExamples(entry / "validation"), DataAccount.from_dict(saved["account"]),
                         [tuple(n) for n in saved["notes"]], how)
 
 

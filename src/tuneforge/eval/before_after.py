@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
+from collections.abc import Sequence
 
 from tuneforge.config import EvalConfig
 from tuneforge.data.formats import Example
@@ -16,9 +18,11 @@ def _messages(example: Example) -> list[dict]:
     return [{"role": s.role, "content": s.text} for s in example.prompt_segments()]
 
 
-def generative_examples(examples: list[Example], limit: int | None) -> list[Example]:
-    usable = [e for e in examples if e.prompt_segments() and e.segments[0].role != "text" and e.reference]
-    return usable[:limit] if limit else usable
+def generative_examples(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """The first `limit` examples that have a prompt and a reference; read lazily, so a cache entry's
+    held-out examples are decoded only as far as needed."""
+    usable = (e for e in examples if e.prompt_segments() and e.segments[0].role != "text" and e.reference)
+    return list(itertools.islice(usable, limit) if limit else usable)
 
 
 # Fewer held-out examples than this are not cut for time: below it an interval says little.
