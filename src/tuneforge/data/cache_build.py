@@ -27,7 +27,8 @@ import numpy as np
 
 from tuneforge.config import DataConfig
 from tuneforge.data.account import DataAccount
-from tuneforge.data.dataset import ENCODE_CHUNK, KEPT, EncodedSplit, SourceRows, outcome, plan, source_specs, tally
+from tuneforge.data.dataset import (ENCODE_CHUNK, KEPT, EncodedSplit, SourceRows, add_encoding, outcome, plan,
+                                    source_specs, tally)
 from tuneforge.data.formats import Example, to_examples
 from tuneforge.data.render import encode_many
 from tuneforge.data.sources import Record, jsonl_record, open_dataset, read_records, row_where, source_kind
@@ -304,17 +305,7 @@ def build(cfg: DataConfig, seed: int, tokenizer, scratch: Path, key: str) -> Bui
     val_out, val_rows = _split(arrow, good[np.asarray(val, dtype=np.int64)], source, paths, cfg)
     _save(table, train_rows, scratch / "train", STORED)
     _save(table, val_rows, scratch / "validation", (*STORED, "example"))
-    for name, split in (("train", train_out), ("validation", val_out)):
-        setattr(account, name, split.kept)
-    account.truncated = train_out.truncated + val_out.truncated
-    account.too_long = train_out.dropped + val_out.dropped
-    account.cut_before_answer = train_out.cut_before_answer + val_out.cut_before_answer
-    account.no_answer = train_out.no_answer + val_out.no_answer
-    account.repeats = train_out.repeats + val_out.repeats
-    if account.sources is not None:
-        for name, split in (("train", train_out), ("validation", val_out)):
-            for path, count in split.by_source.items():
-                account.sources[path][name] += count
+    add_encoding(account, train_out, val_out)
     bad_notes = [(r.split(": ", 1)[0], "malformed or empty: " + r.split(": ", 1)[-1]) for r in reasons]
     return Built(account, bad_notes + train_out.notes + val_out.notes, len(train_rows), len(val_rows))
 

@@ -272,7 +272,11 @@ def encode_split(examples: list[Example], tokenizer, cfg: DataConfig) -> Encoded
 
 def account_for(splits: Splits, train: EncodedSplit, val: EncodedSplit) -> DataAccount:
     """The whole account of a run's data: what reading lost (splits) plus what encoding kept and lost."""
-    account = splits.account
+    return add_encoding(splits.account, train, val)
+
+
+def add_encoding(account: DataAccount, train: EncodedSplit, val: EncodedSplit) -> DataAccount:
+    """`account` (what reading and choosing lost) completed with what encoding kept and lost."""
     account.train, account.validation = train.kept, val.kept
     account.truncated = train.truncated + val.truncated
     account.too_long = train.dropped + val.dropped

@@ -91,6 +91,15 @@ def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _position(i: int, n: int) -> int:
+    """A list index (negative from the end) as a position in 0..n-1; IndexError outside."""
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(i)
+    return i
+
+
 class TokenStore(Sequence):
     """Encoded examples read from an Arrow folder, memory-mapped: indexing builds one `Encoded` from
     zero-copy views of the token columns; `lengths` is an array, for planning batches."""
@@ -117,10 +126,7 @@ class TokenStore(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = _position(i, len(self))
         c = int(np.searchsorted(self._starts, i, side="right")) - 1
         offsets, ids, mask_offsets, mask = self._chunks[c]
         k = i - self._starts[c]
@@ -155,10 +161,7 @@ class StoredExamples(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[k] for k in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+        i = _position(i, len(self))
         obj = json.loads(self._column[i].as_py())
         return Example([Segment(*seg) for seg in obj["segments"]], obj["where"], obj["meta"])
 
