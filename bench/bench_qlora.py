@@ -1,7 +1,7 @@
 """LoRA over a full-precision base vs QLoRA (nf4, int8): peak memory, speed and final loss.
 
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python bench/bench_qlora.py                 # 20 steps of 1,024 tokens each
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/bench_qlora.py --steps 10 --batch-tokens 512
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_qlora.py --steps 10 --batch-tokens 512
                                                                     # the table in docs/performance.md
     HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python bench/bench_qlora.py --steps 3 --kinds nf4   # smoke run
 
