@@ -280,7 +280,7 @@ def build(cfg: DataConfig, seed: int, tokenizer, scratch: Path, key: str) -> Bui
     order = arrow.column("order").to_numpy()
     rank = np.lexsort((order, source))  # the workers' rows come back in shard order; make sure of it
     if not np.array_equal(rank, np.arange(len(rank))):
-        table, arrow = table.select(rank).flatten_indices(), None
+        table = table.select(rank).flatten_indices()
         arrow = table.data.table
         source = arrow.column("source").to_numpy()
     outcomes = arrow.column("outcome").to_numpy()
