@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_results import write_results
+
 from tuneforge.docs_block import machine
 
 HERE = Path(__file__).resolve().parent
@@ -160,9 +162,7 @@ def main() -> None:
             print(f"bench_grpo: {json.dumps(rows[-1])}", flush=True)
     command = f"HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_grpo.py --steps {args.steps}"
     md = table(rows, command)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "grpo.md").write_text(md)
-    (HERE / "results" / "grpo.json").write_text(json.dumps(rows, indent=1))
+    write_results("grpo", md, rows)
     print(md)
 
 

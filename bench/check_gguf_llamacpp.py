@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench_results import write_results
+
 from tuneforge.docs_block import machine
 from tuneforge.eval.generate import render_prompt
 from tuneforge.export.gguf import export_gguf
@@ -124,9 +126,7 @@ def main() -> None:
     command = (f"HF_HUB_OFFLINE=1 .venv/bin/python bench/check_gguf_llamacpp.py {args.run} --prompts {args.prompts} "
                f"-n {args.n} --quants {args.quants} --max-new-tokens {args.max_new_tokens}")
     md = table(rows, command, args.run)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "gguf_llamacpp.md").write_text(md)
-    (HERE / "results" / "gguf_llamacpp.json").write_text(json.dumps(rows, indent=1))
+    write_results("gguf_llamacpp", md, rows)
     print(md)
 
 
