@@ -17,8 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
-from tuneforge.agent.evaluate import evaluate_system, file_results, load_trajectories, results_markdown
-from tuneforge.agent.models import THREE_ROLES, RoleModels
+from tuneforge.agent.evaluate import (evaluate_system, evaluation_key, file_results, load_trajectories,
+                                      results_markdown, saved_outputs)
+from tuneforge.agent.models import THREE_ROLES, RoleModels, read_agent_layout
 from tuneforge.atomic import atomic_write_text, write_json
 
 
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=6)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--max-length", type=int, default=2048)
+    ap.add_argument("--max-observation-chars", type=int, default=1500)
     args = ap.parse_args()
 
     tests = {}
@@ -46,8 +48,16 @@ def main() -> None:
         return other(role, prompts) if role == args.role else roles(role, prompts)
 
     name = f"three roles, {args.role} by {args.system}"
-    kwargs = dict(tokenizer=roles.tokenizer, max_length=args.max_length, max_steps=args.max_steps)
-    outputs = {THREE_ROLES: evaluate_system(roles, tests, False, **kwargs),
+    kwargs = dict(tokenizer=roles.tokenizer, max_length=args.max_length, max_steps=args.max_steps,
+                  max_observation_chars=args.max_observation_chars)
+    # The three roles as the run's own evaluation scored them, when it ran with these settings (the same
+    # weights, test files and limits): the comparison then costs one evaluation, not two.
+    key = evaluation_key(args.run, read_agent_layout(args.run), args.tests, max_tasks=args.max_tasks,
+                         max_steps=args.max_steps, max_new_tokens=args.max_new_tokens, max_length=args.max_length,
+                         max_observation_chars=args.max_observation_chars)
+    reference = saved_outputs(args.run, THREE_ROLES, key)
+    print("three roles: " + ("the run's saved evaluation, same settings" if reference else "evaluating"))
+    outputs = {THREE_ROLES: reference or evaluate_system(roles, tests, False, **kwargs),
                name: evaluate_system(swapped, tests, False, **kwargs)}
     results = {f: file_results({s: outputs[s][f] for s in outputs}, {s: False for s in outputs}, THREE_ROLES)
                for f in tests}

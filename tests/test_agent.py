@@ -218,6 +218,16 @@ def test_agent_recipe_trains_backbone_roles_and_baseline_then_evaluates(tmp_path
     said.clear()
     evaluate_run(run, tests, **(settings | {"max_steps": 2}), log=said.append)
     assert not any("reused" in line for line in said)
+    # What bench/agent_swap_role.py reads to skip re-evaluating the three roles: the saved outputs under
+    # the settings they were made with, and nothing under others.
+    from tuneforge.agent.evaluate import evaluation_key, saved_outputs
+    from tuneforge.agent.models import THREE_ROLES, read_agent_layout
+
+    fixed = dict(max_new_tokens=8, max_length=2048, max_observation_chars=1500)
+    key = evaluation_key(run, read_agent_layout(run), tests, max_tasks=1, max_steps=2, **fixed)
+    saved = saved_outputs(run, THREE_ROLES, key)
+    assert saved is not None and set(saved) == set(tests)
+    assert saved_outputs(run, THREE_ROLES, key | {"max_steps": 1}) is None
 
 
 def test_agent_inspect_reports_the_toolbench_counts(capsys):

@@ -304,11 +304,24 @@ def _newest_write(folder: Path) -> int:
     return max((f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()), default=0)
 
 
-def _part_key(run: Path, layout: dict, settings: dict) -> dict:
+def evaluation_key(run: Path, layout: dict, test_files: list, *, max_tasks, max_steps: int, max_new_tokens: int,
+                   max_length: int, max_observation_chars: int) -> dict:
     """What a finished system's results depend on: the settings, the layout, and when every weight
     folder was last written (retraining invalidates them)."""
     folders = [layout["base"], *layout["roles"].values(), *(layout.get("baselines") or {}).values()]
-    return settings | {"layout": layout, "written": {f: _newest_write(run / f) for f in folders if (run / f).is_dir()}}
+    return {"tests": [str(f) for f in test_files], "max_tasks": max_tasks, "max_steps": max_steps,
+            "max_new_tokens": max_new_tokens, "max_length": max_length,
+            "max_observation_chars": max_observation_chars, "layout": layout,
+            "written": {f: _newest_write(run / f) for f in folders if (run / f).is_dir()}}
+
+
+def saved_part_path(run: Path, system: str) -> Path:
+    return RunDir(run).eval_parts / f"{system.replace(' ', '-')}.json"
+
+
+def saved_outputs(run: Path, system: str, key: dict) -> dict[str, SystemOutput] | None:
+    """A system's outputs kept by an earlier evaluation of this run with the same key, or None."""
+    return _load_part(saved_part_path(run, system), key)
 
 
 def _save_part(path: Path, key: dict, output: dict[str, SystemOutput]) -> None:
@@ -354,13 +367,13 @@ def evaluate_run(run: Path, test_files: list[str], *, max_tasks: int | None = 10
     wanted = [s for s in systems(layout) if (s == THREE_ROLES and roles) or (s != THREE_ROLES and single)]
     outputs: dict[str, dict[str, SystemOutput]] = {}
     single_model = {}
-    key = _part_key(run, layout, {"tests": [str(f) for f in test_files], "max_tasks": max_tasks,
-                                  "max_steps": max_steps, "max_new_tokens": max_new_tokens, "max_length": max_length,
-                                  "max_observation_chars": max_observation_chars})
+    key = evaluation_key(run, layout, test_files, max_tasks=max_tasks, max_steps=max_steps,
+                         max_new_tokens=max_new_tokens, max_length=max_length,
+                         max_observation_chars=max_observation_chars)
     for system in wanted:
         # Each system's results are kept as it finishes: an evaluation stopped part way (hours on a CPU)
         # restarts at the first system not yet done.
-        part = RunDir(run).eval_parts / f"{system.replace(' ', '-')}.json"
+        part = saved_part_path(run, system)
         single_model[system] = system != THREE_ROLES
         saved = _load_part(part, key)
         if saved is not None:
