@@ -53,6 +53,7 @@ def run_tuneforge(data: Path, steps: int, work: Path) -> dict:
     return {"system": "tuneforge", "steps": len(rows), "wall_s": round(wall, 1),
             # the step's seconds: its sampling time over the share of the step it took (both logged)
             "train_s": round(sum(r["generate_s"] / r["generate_share"] for r in rows if r.get("generate_share")), 1),
+            "generate_s": round(sum(r.get("generate_s", 0.0) for r in rows), 1),
             "rewards": [r["reward_mean"] for r in rows], "completion_length": [r["completion_length"] for r in rows],
             "peak_memory_gb": report.get("peak_memory_gb")}
 
@@ -65,6 +66,7 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+    from trl.extras import profiling
 
     from tuneforge.config import RewardConfig
     from tuneforge.models.embedded import ensure_default_model
@@ -84,6 +86,16 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
                 for p, c, a in zip(prompts, completions, answer)]
 
     step_times: list[float] = []
+    # TRL times its own blocks (profiling_context, e.g. "transformers.generate"); keep those durations
+    # too, so the share of a step spent sampling compares with tuneforge's logged generate_s.
+    blocks: dict[str, float] = {}
+    log_block = profiling.ProfilingContext._log_metrics
+
+    def record_block(self, duration: float) -> None:
+        blocks[self.name] = blocks.get(self.name, 0.0) + duration
+        log_block(self, duration)
+
+    profiling.ProfilingContext._log_metrics = record_block
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -110,23 +122,31 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
     logs = [h for h in trainer.state.log_history if "reward" in h]
     return {"system": f"trl {trl.__version__} GRPOTrainer", "steps": len(logs), "wall_s": round(wall, 1),
             "train_s": round(sum(step_times), 1), "rewards": [round(h["reward"], 4) for h in logs],
+            "generate_s": round(sum(v for k, v in blocks.items() if k.endswith("transformers.generate")), 1),
             "completion_length": [round(h.get("completions/mean_length", 0.0), 2) for h in logs],
             "peak_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def share_sampling(row: dict) -> str:
+    """The share of the training loop's time spent in the sampling call (model.generate) alone."""
+    return f"{row['generate_s'] / row['train_s']:.0%}" if row.get("generate_s") and row.get("train_s") else "-"
 
 
 def table(rows: list[dict], command: str) -> str:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, fp32, one system at a time:",
              "", "```bash", command, "```", "",
              "| system | steps | s/step (training loop) | wall (s, process incl. loading) | reward, first 3 steps "
-             "| reward, last 3 steps | CPU s (process) | peak RSS (GB) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| reward, last 3 steps | CPU s (process) | peak RSS (GB) | share of steps sampling |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['system']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['system']} | failed: {r['error']} | | | | | | | |")
             continue
         first, last = r["rewards"][:3], r["rewards"][-3:]
         per_step = f"{r['train_s'] / r['steps']:.1f}" if r.get("train_s") else "-"
         lines.append(f"| {r['system']} | {r['steps']} | {per_step} | {r['wall_s']} | {sum(first) / len(first):.3f} "
-                     f"| {sum(last) / len(last):.3f} | {r.get('cpu_s', '-')} | {r['peak_memory_gb']} |")
+                     f"| {sum(last) / len(last):.3f} | {r.get('cpu_s', '-')} | {r['peak_memory_gb']} "
+                     f"| {share_sampling(r)} |")
     return "\n".join(lines) + "\n"
 
 
