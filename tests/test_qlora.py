@@ -102,6 +102,32 @@ def test_bf16_compute_keeps_the_quantized_base_packed(tiny_llama, dates_data, tm
     assert "compute bf16 autocast" in out
 
 
+def test_a_no_grad_pass_leaves_the_quantized_base_exact_and_differentiable(tiny_llama):
+    """Validation or generation (no gradients) must not change what later training computes: the same
+    input gradient and the same dequantized weights as a model that never ran without gradients. On
+    CPUs with AVX512-BF16, bitsandbytes would otherwise repack the weights for a bf16 kernel that has
+    no backward and that dequantize() misreads (models/quantize.py: keep_weights_unpacked)."""
+    _needs("nf4")
+    from tuneforge.models.load import load_model
+    from tuneforge.models.quantize import dequantize_base, quantized_load_args
+
+    def input_grad(model):
+        embeds = model.get_input_embeddings()(IDS).detach().requires_grad_()
+        model(inputs_embeds=embeds).logits.float().pow(2).sum().backward()
+        return embeds.grad
+
+    fresh = load_model(str(tiny_llama), quantization=quantized_load_args("nf4"))
+    want_grad = input_grad(fresh.train())
+    seen = load_model(str(tiny_llama), quantization=quantized_load_args("nf4"))
+    with torch.no_grad():
+        seen.eval()(IDS)
+    got_grad = input_grad(seen.train())
+    assert got_grad is not None, "no gradient flows through the quantized layers after a no-grad pass"
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
+    want = _logits(dequantize_base(fresh).eval())
+    torch.testing.assert_close(_logits(dequantize_base(seen).eval()), want, rtol=0, atol=0)
+
+
 def _train_cmd(cfg: Path, *extra) -> list[str]:
     return [sys.executable, "-c", "from tuneforge.cli import main; main()", "train", str(cfg), *extra]
 

@@ -109,8 +109,13 @@ def load_model(name: str, dropout: float | None = None, dtype: torch.dtype = tor
             if hasattr(config, key):
                 setattr(config, key, dropout)
     # quantization: from_pretrained arguments that quantize the frozen base (models/quantize.py)
-    return _from_pretrained(AutoModelForCausalLM, name, policy, weights=True, config=config, dtype=dtype,
-                            **(quantization or {}))
+    model = _from_pretrained(AutoModelForCausalLM, name, policy, weights=True, config=config, dtype=dtype,
+                             **(quantization or {}))
+    if quantization:
+        from tuneforge.models.quantize import keep_weights_unpacked
+
+        keep_weights_unpacked(model)
+    return model
 
 
 def load_model_and_tokenizer(name: str | None, dropout: float | None = None, policy: LoadPolicy = SAFE,

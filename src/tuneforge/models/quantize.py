@@ -99,6 +99,21 @@ def is_quantized(model) -> bool:
     return bool(getattr(model, "is_quantized", False))
 
 
+def keep_weights_unpacked(model) -> None:
+    """Stop bitsandbytes from repacking nf4 weights for its bf16 inference kernel on CPUs with
+    AVX512-BF16 (AMX machines). bitsandbytes 0.50.2 repacks a layer the first time it runs without
+    gradients (validation, generation) and keeps it packed; from then on (measured 2026-12-03 on an
+    AMX Xeon) no gradient flows back through that layer to its input, so adapters below it stop
+    learning after the first validation pass; `dequantize()` reads the packed weights as garbage
+    (logits off by ~0.8), which breaks merge and DoRA's weight norm; and inference runs in bf16,
+    so generate/eval no longer compute what training computed. The unpacked fp32 path is exact."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def set_compute_dtype(model, dtype: torch.dtype) -> None:
     """Dequantize nf4 weights straight to `dtype` each forward. A quantized model refuses `.to(dtype)`
     (its packed weights would be cast as numbers); its unquantized parts (embeddings, norms, the head)
