@@ -1,9 +1,13 @@
 """One role of the three-role agent played by another system's model: does that role lose the comparison?
 
 The three roles are evaluated as trained, and again with one role's replies written by a baseline's
-model (given the same role prompt: the role line says which part it writes). Everything else is the
-same, so the paired differences isolate what that role's own fine-tuning does. Step-wise and end to
-end on the run's test files, with the intervals and McNemar's tests of `tuneforge agent eval`.
+model. The baseline learned whole steps, so it is asked in that format (agent/roles.py,
+whole_step_prompt): the backbone's role line, and for the caller or the summarizer the step's plan
+left open, so that it writes the rest of its own step. (Asked in the role's format, the plan closed
+and a new turn opened, it starts a new step and writes no call: 4.5 parse failures per episode, a
+first run of this experiment, 2026-12-03.) Everything else is the same, so the paired differences
+isolate what that role's own fine-tuning does. Step-wise and end to end on the run's test files,
+with the intervals and McNemar's tests of `tuneforge agent eval`.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/agent_swap_role.py runs/agent --role caller \
         --system "backbone trained on" data/generated/toolworld/test_id.json data/generated/toolworld/test_ood.json
@@ -20,6 +24,7 @@ from pathlib import Path
 from tuneforge.agent.evaluate import (evaluate_system, evaluation_key, file_results, load_trajectories,
                                       results_markdown, saved_outputs)
 from tuneforge.agent.models import THREE_ROLES, RoleModels, read_agent_layout
+from tuneforge.agent.roles import CONTINUES_THE_PLAN, whole_step_prompt
 from tuneforge.atomic import atomic_write_text, write_json
 
 
@@ -44,8 +49,13 @@ def main() -> None:
     other = RoleModels(args.run, args.system, max_new_tokens=args.max_new_tokens)
 
     def swapped(role, prompts):
-        # The baseline model gets the role's own prompt; a single-model RoleModels ignores the role name.
-        return other(role, prompts) if role == args.role else roles(role, prompts)
+        if role != args.role:
+            return roles(role, prompts)
+        # The baseline writes the role's part in the format it learned, whole steps: the backbone's role
+        # line, and the caller's or summarizer's part as the rest of the step after the plan.
+        replies = other(role, [whole_step_prompt(role, p) for p in prompts],
+                        continue_final=role in CONTINUES_THE_PLAN)
+        return [r.strip() for r in replies]
 
     name = f"three roles, {args.role} by {args.system}"
     kwargs = dict(tokenizer=roles.tokenizer, max_length=args.max_length, max_steps=args.max_steps,

@@ -20,10 +20,12 @@ from tuneforge.agent.roles import (
     parse_planner,
     render_call,
     render_plan,
+    render_step,
     role_examples,
     system_prompt,
     target,
     trajectory_example,
+    whole_step_prompt,
 )
 from conftest import shared_toolbench
 from tuneforge.agent.toolbench import read_toolbench, summary, to_conversations, write_toolbench
@@ -267,6 +269,22 @@ def test_role_prompts_differ_from_the_backbone_by_the_role_line_only():
         differ = [i for i, (a, b) in enumerate(zip(backbone, lines)) if a != b]
         assert len(differ) == 1 and lines[differ[0]] == ROLE_LINES[role]
         assert backbone[differ[0]] == ROLE_LINES["backbone"]
+
+
+def test_whole_step_prompt_is_the_backbone_context_with_the_plan_left_open():
+    """A whole-step model asked for the caller's or summarizer's part sees what it saw in training: the
+    backbone's prompt and history, then its own step up to the decision line, to be continued."""
+    traj = sample_trajectory()
+    for k, role in ((0, "caller"), (4, "summarizer")):
+        step, history = traj.steps[k], traj.steps[:k]
+        asked = whole_step_prompt(role, context_segments(role, traj, history, current_thought=step.thought))
+        assert asked[:-1] == context_segments("backbone", traj, history)
+        rest = render_call(step.call) if role == "caller" else step.final_answer
+        assert f"{asked[-1].text}\n{rest}" == render_step(step)
+    planner = whole_step_prompt("planner", context_segments("planner", traj, traj.steps[:1]))
+    assert planner == context_segments("backbone", traj, traj.steps[:1])
+    with pytest.raises(ValueError, match="role line"):
+        whole_step_prompt("caller", context_segments("planner", traj, []))
 
 
 def test_json_schema_tools_render_as_signatures():

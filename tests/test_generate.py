@@ -96,3 +96,21 @@ def test_render_prompt_plain_string_and_system(tiny):
     text = render_prompt(tok, "hello", system="sys")
     assert text.startswith("<|im_start|>system\nsys<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_continue_final_leaves_the_assistant_turn_open(tiny):
+    """With continue_final the prompt stops right after the last assistant message (no end of turn, no
+    new turn), and the reply is the greedy continuation of exactly that text."""
+    model, tok = tiny
+    messages = [{"role": "user", "content": "Rewrite 4 May 2021"}, {"role": "assistant", "content": "Next: caller"}]
+    closed = tok.apply_chat_template(messages, tokenize=False)
+    text = render_prompt(tok, messages, continue_final=True)
+    assert text.endswith("Next: caller") and closed.startswith(text) and len(closed) > len(text)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    want = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert generate(model, tok, [messages], max_new_tokens=8, continue_final=True) == [want]
+    with pytest.raises(ValueError, match="last message must be the assistant turn"):
+        render_prompt(tok, messages[:1], continue_final=True)

@@ -101,7 +101,7 @@ class RoleModels:
             for role, path in layout["roles"].items():
                 self._models[role] = load_for_inference(run / path, policy=policy)
         self.roles = list(layout["roles"])
-        self._replies: dict[tuple[str, str], str] = {}
+        self._replies: dict[tuple[str, bool, str], str] = {}
         self._caches = {name: PrefixCache(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
                         for name in [*self.roles, "backbone"]}
         models = [*(m for m, _ in self._models.values()), *([self._set.model] if self._set else [])]
@@ -115,19 +115,21 @@ class RoleModels:
     def tokenizer(self):
         return self._set.tokenizer if self._set else next(iter(self._models.values()))[1]
 
-    def __call__(self, role: str, prompts: list[list[Segment]]) -> list[str]:
+    def __call__(self, role: str, prompts: list[list[Segment]], continue_final: bool = False) -> list[str]:
         """Greedy replies. A prompt asked before (the first step of an episode is the first step-wise
-        prompt of its task) is answered from memory, not generated again."""
+        prompt of its task) is answered from memory, not generated again. `continue_final`: each
+        prompt ends in an assistant turn left open, and the reply continues it."""
         name = "backbone" if self.single_model else role
-        keys = [(name, json.dumps(_messages(p))) for p in prompts]
+        keys = [(name, continue_final, json.dumps(_messages(p))) for p in prompts]
         todo = list(dict.fromkeys(k for k in keys if k not in self._replies))
-        for key, reply in zip(todo, self._generate(role, [json.loads(m) for _, m in todo])):
+        for key, reply in zip(todo, self._generate(role, [json.loads(m) for *_, m in todo], continue_final)):
             self._replies[key] = reply
         return [self._replies[k] for k in keys]
 
-    def _generate(self, role: str, messages: list[list[dict]]) -> list[str]:
+    def _generate(self, role: str, messages: list[list[dict]], continue_final: bool = False) -> list[str]:
         kwargs = dict(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                      prefix_cache=self._caches["backbone" if self.single_model else role])
+                      prefix_cache=self._caches["backbone" if self.single_model else role],
+                      continue_final=continue_final)
         if self.single_model:
             model, tok = self._models["backbone"]
             return generate(model, tok, messages, **kwargs)

@@ -248,6 +248,26 @@ def context_segments(role: str, task, history: list[Step], current_thought: str 
     return segs
 
 
+# The parts a whole-step model writes after the step's plan, in the same assistant turn.
+CONTINUES_THE_PLAN = ("caller", "summarizer")
+
+
+def whole_step_prompt(role: str, segments: list[Segment]) -> list[Segment]:
+    """A role's prompt as a whole-step model (the backbone, a single-model baseline) is asked for that
+    role's part, in the format it was trained on: the backbone's role line, and for the caller and the
+    summarizer the step's plan as an assistant turn left open, which the model continues with the rest
+    of its own step (generate with continue_final). Asked in the role's own format (the plan closed,
+    a new turn), a whole-step model starts a new step instead (measured: docs/agent.md)."""
+    _check_role(role)
+    system = segments[0]
+    if system.role != "system" or ROLE_LINES[role] not in system.text:
+        raise ValueError(f"not a {role} prompt: its system message lacks the {role}'s role line")
+    out = [Segment("system", system.text.replace(ROLE_LINES[role], ROLE_LINES["backbone"]), False), *segments[1:]]
+    if role in CONTINUES_THE_PLAN and out[-1].role != "assistant":
+        raise ValueError(f"a {role} prompt ends with the step's plan (an assistant turn)")
+    return out
+
+
 def role_examples(traj: Trajectory, role: str, skipped: Counter | None = None,
                   max_observation_chars: int = OBSERVATION_CHARS) -> list[Example]:
     """Teacher-forced examples of one role: gold history, one target per suitable step.

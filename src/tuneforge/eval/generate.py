@@ -18,17 +18,22 @@ from tuneforge.eval.prefix_cache import PrefixCache, generate_batch, supports_pr
 Prompt = str | list[dict]
 
 
-def render_prompt(tokenizer, prompt: Prompt, system: str | None = None) -> str:
-    """Render a prompt (a plain string is one user message) ready for the assistant's reply."""
+def render_prompt(tokenizer, prompt: Prompt, system: str | None = None, continue_final: bool = False) -> str:
+    """Render a prompt (a plain string is one user message) ready for the assistant's reply, or, with
+    `continue_final`, ready to continue its last message, an assistant turn left open."""
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     else:
         messages = list(prompt)
     if system is not None and not (messages and messages[0].get("role") == "system"):
         messages = [{"role": "system", "content": system}, *messages]
+    if continue_final and not (messages and messages[-1].get("role") == "assistant"):
+        raise ValueError("continue_final: the prompt's last message must be the assistant turn to continue")
     if not getattr(tokenizer, "chat_template", None):
         # Base models without a template: plain concatenation is the best we can do.
         return "\n".join(m["content"] for m in messages)
+    if continue_final:
+        return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -92,8 +97,10 @@ def generate(
     system: str | None = None,
     autocast_bf16: bool = False,
     prefix_cache: PrefixCache | None = None,
+    continue_final: bool = False,
 ) -> list[str]:
     """Generate a reply for each prompt; returns only the new text, in the prompts' order.
+    `continue_final`: each prompt ends in an assistant turn left open, and the reply continues it.
 
     `prefix_cache` (one per model): reuse what earlier prompts of this model already read (see
     eval/prefix_cache.py); the prompts are then taken in token order, so a prompt that another one
@@ -101,7 +108,7 @@ def generate(
     if not prompts:
         return []
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    texts = [render_prompt(tokenizer, p, system) for p in prompts]
+    texts = [render_prompt(tokenizer, p, system, continue_final) for p in prompts]
     # Rendered templates already contain their special tokens; adding more would shift outputs.
     encoded = [tokenizer(t, add_special_tokens=not has_template)["input_ids"] for t in texts]
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.

@@ -36,14 +36,16 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_no_packed_kernel_advice)
 
 
 def _no_packed_kernel_advice(record: logging.LogRecord) -> bool:
     # bitsandbytes, imported by transformers, asks on AVX512-BF16 CPUs for a hub kernel that speeds up
     # its packed bf16 inference path; tuneforge keeps that path off (models/quantize.py), so the
-    # advice would only mislead. (A function, not a lambda: adding it again is a no-op.)
+    # advice would only mislead. Set when this module is imported, before any model loads.
     return "gemm_4bit_forward" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_no_packed_kernel_advice)
 
 
 def resolve_model_path(name: str | None) -> str:
