@@ -42,9 +42,9 @@ calibration-demo: setup
 
 # Three-role agent vs two single-model baselines on the offline tool world, with the α-UMi reference's
 # budgets (in epochs) on 64 tasks (58 to train, 6 to validate); evaluated on 80 + 80 test tasks; the table and charts go
-# into docs/agent.md. Measured in parts on 2 CPU cores with AMX: training 60 min, evaluation 30-45 min per
-# system (three systems), so about 3 h, not the 75 min aimed at (docs/agent.md, "Cost on this machine",
-# says where the time goes); minutes on a GPU.
+# into docs/agent.md. Measured 2026-12-03 on 2 CPU cores with AMX, from a fresh clone: 76 min (training 26.5,
+# evaluation of the three systems 48; docs/agent.md, "Cost on this machine", says where the time goes);
+# minutes on a GPU.
 agent-demo: setup
 	$(BIN)/tuneforge models default
 	@start=$$(date +%s) && \
