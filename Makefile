@@ -31,7 +31,7 @@ demo: setup
 
 # Calibration tuning on open arithmetic of graded difficulty, evaluated with intervals against trivial
 # predictors; the table and reliability diagrams go into docs/calibration.md. On
-# 2 cores (83 min measured 2026-12-02 with other jobs sharing the cores; about 50 min alone, from its stages).
+# 2 cores with AMX (51 min measured alone, 2026-12-03).
 calibration-demo: setup
 	$(BIN)/tuneforge models default
 	@start=$$(date +%s) && \

@@ -8,10 +8,12 @@ Both take examples/rl.yaml's settings: the embedded SmolLM2-135M-Instruct, LoRA 
 linear layer, 4 prompts x 8 completions per optimizer step in 2 micro-batches, 24 new tokens at
 temperature 1, lr 2e-4 (cosine, 3% warm-up), beta 0.04 (k3 KL to the adapter-disabled model), epsilon
 0.2, token-level loss (TRL's loss_type "dapo"), one update per batch of samples. The reward is
-tuneforge's `numeric` function, called by both. Each runs in its own process, alone, fp32 on CPU, in the
+tuneforge's `numeric` function, called by both. Each runs in its own process, alone, fp32 on CPU (also on
+a CPU with bf16 units: TRL is run with bf16=False). Activation checkpointing is the same for both:
+on by default, as TRL's GRPOConfig has it (`--activation-checkpointing off` turns it off in both). The
 same order of prompts is not guaranteed (each samples its own), so the reward curves are two draws of the
 same experiment and only their trend compares; the seconds per step compare directly. Writes
-bench/results/grpo.md and grpo.json.
+bench/results/grpo.md and grpo.json (grpo-no-checkpointing.* with checkpointing off).
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ SETTINGS = dict(prompts_per_step=4, num_generations=8, grad_accum=2, max_new_tok
                 epsilon=0.2, temperature=1.0, r=16, alpha=32, warmup_ratio=0.03)
 
 
-def run_tuneforge(data: Path, steps: int, work: Path) -> dict:
+def run_tuneforge(data: Path, steps: int, work: Path, checkpointing: bool) -> dict:
     out = work / "tuneforge"
     cmd = [str(ROOT / ".venv/bin/tuneforge"), "train", str(ROOT / "examples/rl.yaml"), "--overwrite",
            f"output_dir={out}", f"data.train={data / 'train.jsonl'}", f"data.validation={data / 'val.jsonl'}",
-           f"train.max_steps={steps}", "train.time_budget_s=null", "eval.before_after=false"]
+           f"train.max_steps={steps}", "train.time_budget_s=null", "eval.before_after=false", "train.precision=fp32",
+           f"train.activation_checkpointing={str(checkpointing).lower()}"]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     wall = time.perf_counter() - start
@@ -58,7 +61,7 @@ def run_tuneforge(data: Path, steps: int, work: Path) -> dict:
             "peak_memory_gb": report.get("peak_memory_gb")}
 
 
-def trl_worker(data: Path, steps: int, work: Path) -> dict:
+def trl_worker(data: Path, steps: int, work: Path, checkpointing: bool) -> dict:
     """In its own process (started by main): TRL's GRPOTrainer with the same settings."""
     import torch
     import trl
@@ -111,7 +114,7 @@ def trl_worker(data: Path, steps: int, work: Path) -> dict:
                      num_generations=s["num_generations"], max_completion_length=s["max_new_tokens"],
                      temperature=s["temperature"], beta=s["beta"], epsilon=s["epsilon"], loss_type="dapo",
                      num_iterations=1, use_cpu=True, bf16=False, logging_steps=1, report_to="none", save_strategy="no",
-                     seed=42, disable_dropout=True)
+                     seed=42, disable_dropout=True, gradient_checkpointing=checkpointing)
     lora = LoraConfig(r=s["r"], lora_alpha=s["alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=[numeric], args=cfg, train_dataset=dataset,
@@ -132,8 +135,9 @@ def share_sampling(row: dict) -> str:
     return f"{row['generate_s'] / row['train_s']:.0%}" if row.get("generate_s") and row.get("train_s") else "-"
 
 
-def table(rows: list[dict], command: str) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, fp32, one system at a time:",
+def table(rows: list[dict], command: str, checkpointing: bool) -> str:
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, fp32, activation checkpointing "
+             f"{'on' if checkpointing else 'off'} in both, one system at a time:",
              "", "```bash", command, "```", "",
              "| system | steps | s/step (training loop) | wall (s, process incl. loading) | reward, first 3 steps "
              "| reward, last 3 steps | CPU s (process) | peak RSS (GB) | share of steps sampling |",
@@ -155,11 +159,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "data/generated/arithmetic")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--systems", default="tuneforge,trl")
+    ap.add_argument("--activation-checkpointing", choices=["on", "off"], default="on",
+                    help="for both systems; on is TRL's GRPO default")
     ap.add_argument("--worker", choices=["trl"], help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    checkpointing = args.activation_checkpointing == "on"
     if args.worker:
-        print("RESULT " + json.dumps(trl_worker(args.data, args.steps, args.work)))
+        print("RESULT " + json.dumps(trl_worker(args.data, args.steps, args.work, checkpointing)))
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
@@ -168,10 +175,11 @@ def main() -> None:
             print(f"bench_grpo: {system} ...", flush=True)
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
             if system == "tuneforge":
-                rows.append(run_tuneforge(args.data, args.steps, work))
+                rows.append(run_tuneforge(args.data, args.steps, work, checkpointing))
             else:
                 done = subprocess.run([sys.executable, __file__, "--worker", "trl", "--data", str(args.data),
-                                       "--steps", str(args.steps), "--work", str(work)], capture_output=True,
+                                       "--steps", str(args.steps), "--work", str(work),
+                                       "--activation-checkpointing", args.activation_checkpointing], capture_output=True,
                                       text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
                 found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 rows.append(json.loads(found[-1][7:]) if found else
@@ -180,9 +188,10 @@ def main() -> None:
             # CPU seconds of the whole process (loading included): steadier than wall time on a shared machine
             rows[-1]["cpu_s"] = round(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime, 1)
             print(f"bench_grpo: {json.dumps(rows[-1])}", flush=True)
-    command = f"HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_grpo.py --steps {args.steps}"
-    md = table(rows, command)
-    write_results("grpo", md, rows)
+    command = (f"HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_grpo.py --steps {args.steps} "
+               f"--activation-checkpointing {args.activation_checkpointing}")
+    md = table(rows, command, checkpointing)
+    write_results("grpo" if checkpointing else "grpo-no-checkpointing", md, rows)
     print(md)
 
 
