@@ -150,6 +150,29 @@ def wait_for(driver, css: str, timeout: float = 30, check=None):
     return WebDriverWait(driver, timeout, ignored_exceptions=(Exception,)).until(found)
 
 
+def read_page(driver, read, accept=lambda value: True, timeout: float = 30):
+    """read(driver) once it does not raise and accept(value) holds, retried inside a wait: the runs
+    table re-renders every 2 s and a streaming run re-renders its page, so an element found a moment
+    earlier can be stale by the time it is read."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def attempt(d):
+        value = read(d)
+        return (value,) if accept(value) else False
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(Exception,)).until(attempt)[0]
+
+
+def text_of(css: str):
+    from selenium.webdriver.common.by import By
+    return lambda d: d.find_element(By.CSS_SELECTOR, css).text
+
+
+def row_names(d) -> list[str]:
+    from selenium.webdriver.common.by import By
+    return [r.get_attribute("data-name") for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")]
+
+
 def open_page(driver, ui, hash_: str) -> None:
     driver.get("about:blank")  # a fresh page: a URL differing only in its #fragment would keep the old one
     driver.get(f"{ui.url}/#{hash_}")
@@ -163,20 +186,20 @@ def test_runs_list_sort_filter(ui, browser, tmp_path):
     with screenshot_on_failure(browser, tmp_path):
         open_page(browser, ui, "runs")
         rows = wait_for(browser, "#runs-table tbody tr", check=lambda e: e.get_attribute("data-name") == "sft-b")
-        names = [r.get_attribute("data-name") for r in browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")]
+        names = read_page(browser, row_names)
         assert {"sft-a", "sft-b", "calibration-demo", "agent-demo"} <= set(names)
-        status = {r.get_attribute("data-name"): r.find_element(By.CSS_SELECTOR, "td.status").text
-                  for r in browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")}
+        status = read_page(browser, lambda d: {r.get_attribute("data-name"): r.find_element(By.CSS_SELECTOR, "td.status").text
+                                               for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")})
         assert status["sft-a"] == status["sft-b"] == "finished"
         docs_shot(browser, "runs")
         browser.find_element(By.CSS_SELECTOR, 'th[data-key="name"]').click()  # sort by name, ascending
         wait_for(browser, 'th[data-key="name"]', check=lambda e: "▲" in e.text)
-        names = [r.get_attribute("data-name") for r in browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")]
+        names = read_page(browser, row_names)
         assert names == sorted(names)
         browser.find_element(By.ID, "runs-filter").send_keys("sft-b")
         wait_for(browser, "#runs-table tbody tr", check=lambda e: len(
             browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")) == 1)
-        assert rows and browser.find_element(By.CSS_SELECTOR, "#runs-table tbody tr").get_attribute("data-name") == "sft-b"
+        assert rows and read_page(browser, row_names) == ["sft-b"]
 
 
 def test_run_page_draws_curves(ui, browser, tmp_path):
@@ -267,8 +290,8 @@ def test_launch_validates_and_trains(ui, browser, tmp_path):
         good = text.get_attribute("value")
         browser.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))",
                                text, good.replace("lr: 0.001", "lr: fast"))
-        err = wait_for(browser, '#launch-errors li[data-key="train.lr"]')[0]
-        assert "train.lr" in err.text
+        # the check reads the text inside the wait: the list re-renders on each validation
+        wait_for(browser, '#launch-errors li[data-key="train.lr"]', check=lambda e: "train.lr" in e.text)
         browser.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))",
                                text, good)
         wait_for(browser, "#launch-errors li.ok")
@@ -278,9 +301,10 @@ def test_launch_validates_and_trains(ui, browser, tmp_path):
         docs_shot(browser, "launch")
         browser.find_element(By.ID, "launch-start").click()
         wait_for(browser, "#run-status")
-        wait_for(browser, "#run-status", timeout=300, check=lambda e: e.text in ("finished", "failed", "interrupted"))
-        log = browser.find_element(By.ID, "main").text
-        assert browser.find_element(By.ID, "run-status").text == "finished", log[-2000:]
+        status = read_page(browser, text_of("#run-status"), lambda t: t in ("finished", "failed", "interrupted"),
+                           timeout=300)
+        log = read_page(browser, text_of("#main"))
+        assert status == "finished", log[-2000:]
         assert (ui.runs / "launched" / "report.json").is_file()
         open_page(browser, ui, "runs")
         # The table re-renders every 2 s, so a row found once can go stale: wait on the cell itself.
