@@ -62,3 +62,12 @@ def test_serve_reads_the_api_key_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv(API_KEY_ENV, "from-env")
     code, out, err = run_cli(["serve", "--host", "0.0.0.0"], capsys)
     assert code == 0 and seen["api_key"] == "from-env", err
+
+
+def test_command_line_mistakes_are_one_error_line_not_a_traceback(capsys):
+    # typer 0.2x raises the exceptions of the click copy it carries, not click's own: both must be caught.
+    for args, said in ((["train", "--bogus"], "No such option: --bogus"), (["chekc"], "No such command 'chekc'"),
+                       (["train"], "Missing argument 'config'")):
+        code, out, err = run_cli(args, capsys)
+        assert code == 2, (args, err)
+        assert f"Error: {said}" in err and "Traceback" not in err + out, (args, err)

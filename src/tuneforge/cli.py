@@ -651,6 +651,22 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["tuneforge", *args, *([] if "--resume" in args else ["--resume"])])
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """click's usage-error and abort classes: typer 0.2x raises those of the copy of click it carries
+    (typer._click), older typers those of click itself; either must end as one line, not a traceback."""
+    import importlib
+
+    errors, aborts = [], [typer.Abort]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(module.ClickException)
+        aborts.extend([module.Abort] if hasattr(module, "Abort") else [])  # typer 0.2x: typer.Abort only
+    return tuple(errors), tuple(aborts)
+
+
 def main() -> None:
     import warnings
 
@@ -672,12 +688,11 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+        usage_errors, aborts = _click_exceptions()
+        if isinstance(e, usage_errors):  # an unknown command or option, a bad value: click's own one line
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, aborts):
             if isinstance(e.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C in Abort
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
