@@ -96,3 +96,47 @@ def test_pack_length_caps_the_rows_the_loop_plans(tmp_path, tiny_llama, dates_da
     s.fit(train, val)
     longest = max(len(e.ids) for e in train)
     assert longest > 16 and asked and all(row == 16 for _, row in asked)
+
+
+def test_a_stage_stops_early_on_the_best_weights_a_full_run_would_keep(tmp_path, tiny_llama, dates_data,
+                                                                       monkeypatch):
+    """Patience ends a stage once validation stops improving; the weights it keeps are bit for bit the
+    ones the full stage would keep (same schedule, same batches), so only time is saved."""
+    cfg = _session(tmp_path, tiny_llama, dates_data, max_steps=6, eval_every=1, lr=1e-2, warmup_ratio=0)
+    curve = [1.0, 0.5, 0.9, 0.8, 0.7, 0.6]  # best at step 2, never beaten afterwards
+
+    def fit(stage: StageTrain, run_dir):
+        staged = stage_config(cfg, stage).model_copy(update={"output_dir": str(run_dir)})
+        losses = iter(curve)
+        monkeypatch.setattr(loop_module, "validation_loss", lambda *a, **k: next(losses))
+        s, train, val = _prepared(staged)
+        result = s.fit(train, val)
+        return result, {n: p.detach().clone() for n, p in s.model.named_parameters() if p.requires_grad}
+
+    full, full_weights = fit(StageTrain(keep_best=True), tmp_path / "full")
+    early, early_weights = fit(StageTrain(keep_best=True, early_stopping_patience=2), tmp_path / "early")
+    assert full.steps == 6 and not full.stopped_early and full.best_step == 2
+    assert early.steps == 4 and early.stopped_early and early.best_step == 2
+    assert early.tokens < full.tokens
+    assert early_weights.keys() == full_weights.keys()
+    for name, value in full_weights.items():
+        torch.testing.assert_close(early_weights[name], value, rtol=0, atol=0)
+
+
+def test_stage_patience_needs_evaluations(tmp_path, tiny_llama, dates_data):
+    from tuneforge.errors import UserError
+
+    with pytest.raises(UserError, match="agent.local_stage.early_stopping_patience needs eval_every"):
+        load_config(write_config(tmp_path / "c.yaml", tiny_llama, dates_data[0], tmp_path / "run",
+                                 recipe="agent", agent={"local_stage": {"early_stopping_patience": 2}}), [])
+
+
+def test_the_report_says_what_an_early_stopped_stage_was_offered_and_kept():
+    from tuneforge.agent.report import training_sizes
+
+    layout = {"tokens": {"global": 1000, "local": 4000, "trained on": 1500},
+              "steps": {"global": 10, "local": 30, "trained on": 12}, "best_step": {"trained on": 6},
+              "offered_steps": {"trained on": 40}}
+    assert training_sizes(layout) == (
+        "global 1,000 tokens, local 4,000 tokens, trained on 1,500 tokens (offered 40 steps, stopped early at "
+        "step 12: no better validation loss after step 6, whose weights it keeps)")

@@ -322,6 +322,9 @@ class StageTrain(Strict):
     schedule: Literal["linear", "cosine", "constant"] | None = None
     eval_every: int | None = Field(None, ge=1)
     keep_best: bool | None = Field(None, description="end the stage with its best validation weights")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop the stage after this many validations without a better loss (its best "
+                                "weights are kept): the steps after a stage's best cannot change what it ends with")
 
 
 class AgentConfig(Strict):
@@ -534,6 +537,8 @@ class Config(Strict):
         for where, stage in stages.items():
             if stage.keep_best and not (stage.eval_every or self.train.eval_every):
                 raise ValueError(f"{where}.keep_best needs eval_every (in the stage or in train)")
+            if stage.early_stopping_patience and not (stage.eval_every or self.train.eval_every):
+                raise ValueError(f"{where}.early_stopping_patience needs eval_every (in the stage or in train)")
         if self.data is not None and self.data.streaming and self.recipe != "sft":
             raise ValueError(f"data.streaming is for recipe sft; recipe {self.recipe} reads its data whole")
         if self.data is not None and not isinstance(self.data.train, str):

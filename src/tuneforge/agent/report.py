@@ -24,5 +24,18 @@ def publish(run: Path, doc: Path, images: Path, command: str, wall_seconds: floa
     body = body.split("\n", 1)[1] if body.startswith("# ") else body  # the run's own title
     body = copy_images(body, sorted(files.plots.glob("agent-*.png")), run.name, images, doc)
     layout = json.loads(files.agent_json.read_text())
-    sizes = ", ".join(f"{k} {v:,} tokens" for k, v in (layout.get("tokens") or {}).items())
-    return write_block(doc, "agent", shift_headings(body, 1), command, wall_seconds, f"Training: {sizes}.")
+    return write_block(doc, "agent", shift_headings(body, 1), command, wall_seconds,
+                       f"Training: {training_sizes(layout)}.")
+
+
+def training_sizes(layout: dict) -> str:
+    """Tokens per stage, and where a stage stopped early, what it was offered and which step it kept."""
+    steps, offered, best = (layout.get(k) or {} for k in ("steps", "offered_steps", "best_step"))
+    parts = []
+    for stage, tokens in (layout.get("tokens") or {}).items():
+        part = f"{stage} {tokens:,} tokens"
+        if stage in offered:
+            part += (f" (offered {offered[stage]} steps, stopped early at step {steps.get(stage)}: no better "
+                     f"validation loss after step {best.get(stage)}, whose weights it keeps)")
+        parts.append(part)
+    return ", ".join(parts)

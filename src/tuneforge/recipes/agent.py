@@ -132,12 +132,13 @@ def run_agent(session: Session) -> Path:
     say(f"stage 1 done: {g.steps} steps, {g.tokens:,} tokens; the roles start from {shared}")
 
     # Stage 2: local fine-tuning, one role at a time, each from the stage-1 model.
-    roles, local_steps, local_tokens = {}, 0, 0
+    roles, local_steps, local_tokens, best_steps = {}, 0, 0, {"global": g.best_step}
     for role in cfg.agent.roles:
         stage = cfg.agent.role_stage.get(role) or cfg.agent.local_stage
         artifact, r = _train_stage(session, f"{ROLES}/{role}", str(shared), role, train_t, val_t, stage)
         roles[role] = str(artifact.relative_to(run))
         local_steps, local_tokens = local_steps + r.steps, local_tokens + r.tokens
+        best_steps[role] = r.best_step
 
     # The paper compares with the backbone itself; "trained on" also gets stage 2's token budget, on
     # whole trajectories, so that "more training" and "decomposition" can be told apart.
@@ -145,6 +146,7 @@ def run_agent(session: Session) -> Path:
               "roles": roles, "baselines": {"backbone": str(g_artifact.relative_to(run))},
               "steps": {"global": g.steps, "local": local_steps},
               "tokens": {"global": g.tokens, "local": local_tokens},
+              "best_step": best_steps,
               "test": list(cfg.agent.test or [])}  # RunDir.status: a run with tests is done once evaluated
     if cfg.agent.baseline:
         # Stage 1's batches (same data, same batch size), so its tokens per step carry over.
@@ -154,6 +156,9 @@ def run_agent(session: Session) -> Path:
         artifact, b = _train_stage(session, SINGLE, str(shared), "backbone", train_t, val_t, more)
         layout["baselines"]["backbone trained on"] = str(artifact.relative_to(run))
         layout["steps"]["trained on"], layout["tokens"]["trained on"] = b.steps, b.tokens
+        layout["best_step"]["trained on"] = b.best_step
+        if b.stopped_early:  # offered stage 2's tokens; its validation loss said the rest could not help
+            layout["offered_steps"] = {"trained on": steps}
     write_json(RunDir(run).agent_json, layout)
     say(f"trained in {time.time() - session.started:.0f} s")
 
