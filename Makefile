@@ -42,8 +42,9 @@ calibration-demo: setup
 
 # Three-role agent vs two single-model baselines on the offline tool world, with the α-UMi reference's
 # budgets (in epochs) on 64 tasks (58 to train, 6 to validate); evaluated on 80 + 80 test tasks; the table and charts go
-# into docs/agent.md. Measured 2026-12-03 on 2 CPU cores with AMX, from a fresh clone: 76 min (training 26.5,
-# evaluation of the three systems 48; docs/agent.md, "Cost on this machine", says where the time goes);
+# into docs/agent.md. Measured 2026-12-03 on 2 CPU cores with AMX, from a fresh clone: 76 and 82 min in two runs
+# (training 24-26, evaluation of the three systems 48-57: the machine's speed varied; docs/agent.md, "Cost on
+# this machine", says where the time goes);
 # minutes on a GPU.
 agent-demo: setup
 	$(BIN)/tuneforge models default
