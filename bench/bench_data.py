@@ -12,7 +12,9 @@ Each mode runs in a fresh process (so peak RSS is its own) on the same JSONL fil
              on any path that tokenizes with this tokenizer on this machine
 
   llamafactory  LLaMA-Factory's preprocessing of the same file (its `tokenized_path`: tokenize, save,
-             exit), run from its own venv (`--llamafactory-venv`; `pip install llamafactory==0.9.5` there)
+             exit), run from its own venv (`--llamafactory-venv`; `pip install torch==2.13.0
+             llamafactory==0.9.5` there, uninstall torchvision, and since no torchaudio wheel matches torch
+             2.13 and 0.9.5 imports it at start-up, an empty `torchaudio` package in its site-packages)
 
 For each: seconds, examples read per second, peak RSS, and whether every record read is accounted
 for (kept + lost = read). Usage:
