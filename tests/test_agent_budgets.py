@@ -100,8 +100,9 @@ def test_pack_length_caps_the_rows_the_loop_plans(tmp_path, tiny_llama, dates_da
 
 def test_a_stage_stops_early_on_the_best_weights_a_full_run_would_keep(tmp_path, tiny_llama, dates_data,
                                                                        monkeypatch):
-    """Patience ends a stage once validation stops improving; the weights it keeps are bit for bit the
-    ones the full stage would keep (same schedule, same batches), so only time is saved."""
+    """Patience ends a stage once validation stops improving; up to the stop it trains as the full stage
+    (same schedule, same batches), so on a curve that never improves again it keeps bit for bit the
+    weights the full stage keeps, in fewer steps."""
     cfg = _session(tmp_path, tiny_llama, dates_data, max_steps=6, eval_every=1, lr=1e-2, warmup_ratio=0)
     curve = [1.0, 0.5, 0.9, 0.8, 0.7, 0.6]  # best at step 2, never beaten afterwards
 

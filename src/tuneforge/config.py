@@ -324,7 +324,7 @@ class StageTrain(Strict):
     keep_best: bool | None = Field(None, description="end the stage with its best validation weights")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop the stage after this many validations without a better loss (its best "
-                                "weights are kept): the steps after a stage's best cannot change what it ends with")
+                                "weights are kept); up to the stop the stage trains exactly as its whole budget would")
 
 
 class AgentConfig(Strict):
