@@ -138,18 +138,6 @@ def docs_shot(driver, name: str) -> None:
         driver.set_window_size(1400, 1000)
 
 
-def wait_for(driver, css: str, timeout: float = 30, check=None):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def found(d):
-        els = d.find_elements(By.CSS_SELECTOR, css)
-        els = [e for e in els if check is None or check(e)]
-        return els or False
-
-    return WebDriverWait(driver, timeout, ignored_exceptions=(Exception,)).until(found)
-
-
 def read_page(driver, read, accept=lambda value: True, timeout: float = 30):
     """read(driver) once it does not raise and accept(value) holds, retried inside a wait: the runs
     table re-renders every 2 s and a streaming run re-renders its page, so an element found a moment
@@ -161,6 +149,16 @@ def read_page(driver, read, accept=lambda value: True, timeout: float = 30):
         return (value,) if accept(value) else False
 
     return WebDriverWait(driver, timeout, ignored_exceptions=(Exception,)).until(attempt)[0]
+
+
+def wait_for(driver, css: str, timeout: float = 30, check=None):
+    """The elements matching css (those passing check), once there is at least one."""
+    from selenium.webdriver.common.by import By
+
+    def found(d):
+        return [e for e in d.find_elements(By.CSS_SELECTOR, css) if check is None or check(e)]
+
+    return read_page(driver, found, accept=bool, timeout=timeout)
 
 
 def text_of(css: str):
