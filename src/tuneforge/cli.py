@@ -236,12 +236,12 @@ def runs_show(run: Path = typer.Argument(...)):
 
 
 @runs_app.command("report")
-def runs_report(run: Path = typer.Argument(..., help="an evaluated agent, calibration or rl run directory"),
+def runs_report(run: Path = typer.Argument(..., help="an evaluated agent, calibration, rl or long_context run directory"),
                 doc: Path = typer.Option(..., "--into", help="markdown file with the results markers"),
                 images: Path = typer.Option(Path("docs/img"), help="folder the charts are copied to"),
                 command: str = typer.Option(..., help="the command that produced the run, for the record"),
                 wall_seconds: Optional[float] = typer.Option(None, help="how long that command took")):
-    """Write an agent, calibration or rl run's results (intervals, paired differences, charts) into a doc, between
+    """Write an agent, calibration, rl or long_context run's results (intervals, paired differences, charts) into a doc, between
     its results markers, with the date, the machine and the command."""
     if RunDir(run).agent_json.is_file():
         from tuneforge.agent.report import publish
@@ -249,9 +249,12 @@ def runs_report(run: Path = typer.Argument(..., help="an evaluated agent, calibr
         from tuneforge.calibration.report import publish
     elif RunDir(run).report_json.is_file() and json.loads(RunDir(run).report_json.read_text()).get("rl_eval"):
         from tuneforge.recipes.rl import publish
+    elif RunDir(run).report_json.is_file() and json.loads(RunDir(run).report_json.read_text()).get("long_context"):
+        from tuneforge.recipes.long_context import publish
     else:
-        raise UserError(f"{run} is not an agent run (no agent.json), a calibration run (no calibration.json) "
-                        "or an rl run with held-out results (report.json without rl_eval)")
+        raise UserError(f"{run} is not an agent run (no agent.json), a calibration run (no calibration.json), "
+                        "an rl run with held-out results (report.json without rl_eval) or a long_context run "
+                        "with its passkey results (report.json without long_context)")
     print(f"results written into {publish(run, doc, images, command, wall_seconds)}")
 
 

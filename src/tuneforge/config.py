@@ -256,6 +256,9 @@ class EvalConfig(Strict):
     metric: Literal["exact_match", "token_f1", "rouge_l", "loss"] = "exact_match"
     before_after: bool = True
     base: bool = Field(True, description="with before_after: also score the base model before training")
+    stretched: bool = Field(True, description="recipe long_context, with before_after and base: also score the "
+                                              "stretched model before training (what rope_scaling alone does; "
+                                              "one more pass over the passkey grid)")
     max_examples: int | None = Field(200, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -504,7 +507,7 @@ class RLConfig(Strict):
 
 
 class Config(Strict):
-    recipe: Literal["sft", "calibration", "agent", "preference", "reward", "rl"] = "sft"
+    recipe: Literal["sft", "calibration", "agent", "preference", "reward", "rl", "long_context"] = "sft"
     model: str | None = Field(None, description="HF hub id or local folder; empty = embedded SmolLM2-135M-Instruct")
     output_dir: str = "runs/run"
     seed: int = 42
