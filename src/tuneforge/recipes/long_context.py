@@ -224,8 +224,9 @@ def plot_passkey(run: Path, lc: dict) -> Path | None:
 
     lengths = lc["lengths"]
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    shown = len(lc["accuracy"])
     for i, (name, per) in enumerate(lc["accuracy"].items()):
-        xs = [j + (i - 1) * 0.12 for j in range(len(lengths))]
+        xs = [j + (i - (shown - 1) / 2) * 0.12 for j in range(len(lengths))]  # side by side, centred on the length
         acc = [100 * per[str(n)]["acc"] for n in lengths]
         err = [[100 * (per[str(n)]["acc"] - per[str(n)]["lo"]) for n in lengths],
                [100 * (per[str(n)]["hi"] - per[str(n)]["acc"]) for n in lengths]]
