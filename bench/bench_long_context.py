@@ -2,10 +2,12 @@
 row length with activation checkpointing on and off.
 
     python bench/bench_long_context.py passkey --lengths 1024,2048,4096,8192 --depths 0.2,0.8 --per-cell 2
+    python bench/bench_long_context.py passkey --model runs/long_context --lengths 12288 --depths 0.1,0.5,0.9 \
+        --per-cell 4 --seed 42 --max-new-tokens 10 --bf16     # a tuned run, on the demo's prompts
     python bench/bench_long_context.py memory --rows 512,1024,2048,4096 --steps 2
 
-`passkey` runs the eval suite (tuneforge.eval.passkey) on one model and prints accuracy and seconds per
-length. `memory` trains a few LoRA steps with `tuneforge train` in a fresh process per setting (pass-key
+`passkey` runs the eval suite (tuneforge.eval.passkey) on one model (a model folder, or a run folder, loaded
+with its rope_scaling) and prints accuracy and seconds per length. `memory` trains a few LoRA steps with `tuneforge train` in a fresh process per setting (pass-key
 rows of the given length, one row per micro-batch, no compile, no evaluation) and reads the process's
 peak resident memory (ru_maxrss), which includes the fp32 weights and the Python/torch runtime.
 """
@@ -37,13 +39,24 @@ def bench_passkey(args) -> None:
     from tuneforge.eval.passkey import run_passkey_suite
     from tuneforge.models.load import load_model, load_tokenizer, resolve_model_path
 
-    path = resolve_model_path(args.model)
-    model, tok = load_model(path).eval(), load_tokenizer(path)
+    if args.model and Path(args.model, "config.yaml").is_file():  # a run: its artifact, its rope_scaling again
+        from tuneforge.models.merge import load_for_inference
+
+        model, tok = load_for_inference(args.model)
+    else:
+        path = resolve_model_path(args.model)
+        model, tok = load_model(path), load_tokenizer(path)
+    if args.bf16:
+        from tuneforge.eval.passkey import scoring_copy
+
+        model = scoring_copy(model, True)  # as recipe long_context answers on a CPU with native bf16
+    model.eval()
     for length in _ints(args.lengths):
+        # the suite named "passkey", as in examples/long_context.yaml: with --seed 42 the demo's prompts
         suite = SuiteConfig(name="passkey", kind="passkey", lengths=[length], depths=_floats(args.depths),
-                            per_cell=args.per_cell, max_new_tokens=16)
+                            per_cell=args.per_cell, max_new_tokens=args.max_new_tokens)
         started, cpu = time.time(), time.process_time()
-        res = run_passkey_suite(model, tok, suite, batch_size=1)
+        res = run_passkey_suite(model, tok, suite, seed=args.seed, batch_size=1)
         # CPU seconds as well as wall seconds: on a shared machine the wall clock measures the neighbours.
         print(json.dumps({"length": length, "acc": res["acc"], "n": res["n"], "grid": res["grid"][str(length)],
                           "seconds_per_prompt": round((time.time() - started) / res["n"], 1),
@@ -108,6 +121,9 @@ def main() -> None:
     pk.add_argument("--lengths", default="1024,2048,4096,8192")
     pk.add_argument("--depths", default="0.2,0.8")
     pk.add_argument("--per-cell", type=int, default=2)
+    pk.add_argument("--max-new-tokens", type=int, default=16)
+    pk.add_argument("--seed", type=int, default=0, help="the prompts' keys (recipe long_context uses the run's seed)")
+    pk.add_argument("--bf16", action="store_true", help="answer with a bf16 copy (CPUs with native bf16)")
     mem = sub.add_parser("memory")
     mem.add_argument("--model", default=None)
     mem.add_argument("--rows", default="512,1024,2048,4096")
