@@ -73,7 +73,9 @@ def scoring_copy(model, bf16_cpu: bool):
     cost is its prefill, which runs ~3x faster in bf16 weights than in fp32 (8,192 tokens: 8.6 against
     26.8 s, 2 AMX cores), and autocast instead would re-cast every weight at every decode step. The
     copy leaves a training model's fp32 weights as they are. Elsewhere the model itself (CUDA autocasts)."""
-    if not bf16_cpu:
+    from tuneforge.models.quantize import is_quantized
+
+    if not bf16_cpu or is_quantized(model):  # a quantized base refuses a cast; it computes in its compute dtype
         return model
     import copy
 
