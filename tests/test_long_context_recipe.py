@@ -138,3 +138,13 @@ def test_compare_systems_reports_accuracy_by_depth():
     a = {"per_prompt": [[100, 0.1, False], [100, 0.9, True], [100, 0.1, True], [100, 0.9, True]]}
     out = compare_systems({"base": a, "tuned": a})
     assert out["by_depth"]["tuned"] == {"100": {"0.1": 0.5, "0.9": 1.0}}
+
+
+def test_a_report_without_the_section_is_refused_in_one_line(tmp_path):
+    from tuneforge.errors import UserError
+    from tuneforge.report import read_section
+
+    (tmp_path / "report.md").write_text("# Run report\n\n## Long context\n\nthe table\n\n![loss](plots/loss.png)\n")
+    assert read_section(tmp_path, "## Long context", "long_context").strip() == "the table"
+    with pytest.raises(UserError, match="has no '## Reinforcement learning' section: is .* a finished rl run"):
+        read_section(tmp_path, "## Reinforcement learning", "rl")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tuneforge.atomic import atomic_savefig, atomic_write_text
 from tuneforge.data.account import DataAccount
+from tuneforge.errors import UserError
 from tuneforge.run_dir import LOSS_PLOT, PLOTS, RunDir
 from tuneforge.atomic import write_json
 
@@ -114,3 +115,16 @@ def insert_section(path: Path, lines: list[str]) -> None:
     marker = "![loss]"
     at = text.index(marker) if marker in text else len(text)
     atomic_write_text(path, text[:at] + "\n".join(lines) + "\n" + text[at:])
+
+
+def read_section(run: Path, head: str, kind: str) -> str:
+    """The body of a recipe's own report.md section (what `insert_section` put there), up to the next
+    section or the loss plot; refused in one line when the run has none."""
+    path = RunDir(run).report_md
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if head not in text:
+        raise UserError(f"{path} has no '{head}' section: is {run} a finished {kind} run?")
+    body = text[text.index(head) + len(head):]
+    for end in ("\n## ", "![loss]"):  # the next section, or the loss plot report.md puts after this one
+        body = body[:body.index(end)] if end in body else body
+    return body

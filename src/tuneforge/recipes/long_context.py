@@ -14,7 +14,6 @@ other two, paired on the same prompts, with McNemar's test.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tuneforge.eval.statistics import bootstrap_ci, mcnemar, paired_bootstrap_di
 from tuneforge.models.load import load_model
 from tuneforge.models.rope import trained_context
 from tuneforge.recipes.sft import SFT, sft_data
-from tuneforge.report import insert_section, write_report
+from tuneforge.report import insert_section, read_section, write_report
 from tuneforge.run_dir import PLOTS, RunDir
 from tuneforge.train.session import Session
 
@@ -253,13 +252,8 @@ def publish(run: Path, doc: Path, images: Path, command: str, wall_seconds: floa
     """Put a long_context run's results (report.md's section and chart) into `doc` between its long-context
     results markers (`make long-context-demo`: docs/training.md)."""
     files = RunDir(run)
-    text = files.report_md.read_text(encoding="utf-8") if files.report_md.is_file() else ""
-    if HEAD not in text:
-        raise UserError(f"{files.report_md} has no '{HEAD}' section: is {run} a finished long_context run?")
-    body = text[text.index(HEAD) + len(HEAD):]
-    for end in ("\n## ", "![loss]"):
-        body = body[:body.index(end)] if end in body else body
-    summary = json.loads(files.report_json.read_text()) if files.report_json.is_file() else {}
+    body = read_section(run, HEAD, "long_context")
+    summary = files.report() or {}
     took = summary.get("long_context", {}).get("seconds", {})
     note = f"{summary.get('steps')} optimizer steps. " + ", ".join(
         f"{what.replace('_', ' ')} {sec / 60:.1f} min" for what, sec in took.items()) + "."

@@ -11,7 +11,6 @@ prompts_per_step x num_generations completions are split over train.grad_accum m
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from tuneforge.eval.generate import generate, generation_autocast, generation_co
 from tuneforge.models.methods import METHODS
 from tuneforge.recipes.base import RecipeBase
 from tuneforge.recipes.rl_rewards import Rewards, build_rewards, check_fields, reward_functions
-from tuneforge.report import REWARD_PLOT, before_after_table, insert_section, plot_reward, write_report
+from tuneforge.report import (REWARD_PLOT, before_after_table, insert_section, plot_reward, read_section,
+                              write_report)
 from tuneforge.run_dir import PLOTS, RunDir
 from tuneforge.train.losses.grpo import GRPOLoss
 from tuneforge.train.rollouts import Completion, Prompt, RolloutSource
@@ -283,14 +283,8 @@ def publish(run: Path, doc: Path, images: Path, command: str, wall_seconds: floa
     """Put an rl run's results (its report.md section: held-out reward before and after with intervals,
     per level, the reward curve) into `doc` between its rl results markers (`make rl-demo`: docs/rl.md)."""
     files = RunDir(run)
-    text = files.report_md.read_text(encoding="utf-8") if files.report_md.is_file() else ""
-    head = "## Reinforcement learning"
-    if head not in text:
-        raise UserError(f"{files.report_md} has no '{head}' section: is {run} a finished rl run?")
-    body = text[text.index(head) + len(head):]
-    for end in ("\n## ", "![loss]"):  # the next section, or the loss plot report.md puts after this one
-        body = body[:body.index(end)] if end in body else body
-    summary = json.loads(files.report_json.read_text()) if files.report_json.is_file() else {}
+    body = read_section(run, "## Reinforcement learning", "rl")
+    summary = files.report() or {}
     steps = summary.get("steps") or summary.get("step")
     body = copy_images(body, [files.plots / REWARD_PLOT], run.name, images, doc)
     return write_block(doc, "rl", shift_headings(body, 1), command, wall_seconds,
