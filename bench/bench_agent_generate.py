@@ -9,6 +9,13 @@ With `--run RUN` (a trained agent run), it also times the step-wise replies of e
 `--tasks` test tasks, the plain way (one base with the adapters switched, every prompt read from
 scratch) against the fast one (adapters folded, prefix cache, static-cache decoding), and counts
 how many replies agree (all of them in fp32: `--precision fp32`).
+
+With `--run RUN --decoders SYSTEM` it times one system's step-wise and end-to-end evaluation on
+`--tasks` tasks of each test split, decoded by the greedy loop of eval/prefix_cache.py and by
+transformers' generate from a static cache (docs/agent.md, "Cost on this machine"):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_agent_generate.py data/generated/toolworld \
+        --run runs/agent --decoders backbone --tasks 20
 """
 
 from __future__ import annotations
@@ -38,7 +45,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a trained agent run: time its systems' step-wise replies")
     ap.add_argument("--tasks", type=int, default=16)
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--decoders", metavar="SYSTEM", help="with --run: compare the two greedy decoders on SYSTEM")
     args = ap.parse_args()
+    if args.run and args.decoders:
+        compare_decoders(args)
+        return
     if args.run:
         time_systems(args)
         return
@@ -87,6 +98,30 @@ def time_systems(args) -> None:
         print(f"{system}: {len(replies['fast'])} steps of {len(test)} tasks: plain {times['plain']:.1f} s, "
               f"fast {times['fast']:.1f} s ({times['plain'] / times['fast']:.1f}x); {same} of "
               f"{len(replies['fast'])} steps with the same replies ({args.precision})")
+
+
+def compare_decoders(args) -> None:
+    import tuneforge.eval.prefix_cache as prefix_cache
+    from tuneforge.agent.evaluate import end_to_end, is_world_task
+    from tuneforge.agent.models import RoleModels
+
+    tests = []
+    for split in ("test_id", "test_ood"):
+        tests += load_trajectories(args.world / f"{split}.json", "keep")[0][: args.tasks]
+    own_loop = prefix_cache.plain_greedy
+    for name in ("greedy loop", "generate, static cache"):
+        # The static-cache path is what generate_batch takes for any config that is not plain greedy.
+        prefix_cache.plain_greedy = own_loop if name == "greedy loop" else (lambda config: False)
+        models = RoleModels(args.run, args.decoders, max_new_tokens=96, precision=args.precision)
+        start = time.perf_counter()
+        static_replies(models, tests, models.single_model, models.tokenizer, 2048)
+        middle = time.perf_counter()
+        _, results = end_to_end(models, [t for t in tests if is_world_task(t)], models.single_model,
+                                tokenizer=models.tokenizer, max_length=2048, max_steps=6)
+        end = time.perf_counter()
+        print(f"{args.decoders}, {name}: {len(tests)} tasks, step-wise {middle - start:.1f} s, end to end "
+              f"{end - middle:.1f} s, in all {end - start:.1f} s ({sum(r.steps for r in results)} episode steps)")
+    prefix_cache.plain_greedy = own_loop
 
 
 if __name__ == "__main__":
