@@ -7,12 +7,13 @@ one backbone epoch of the world's train split (per-step examples and whole traje
 
 With `--run RUN` (a trained agent run), it also times the step-wise replies of each system on
 `--tasks` test tasks, the plain way (one base with the adapters switched, every prompt read from
-scratch) against the fast one (adapters folded, prefix cache, static-cache decoding), and counts
+scratch) against the fast one (adapters folded, prefix cache, the greedy loop), and counts
 how many replies agree (all of them in fp32: `--precision fp32`).
 
 With `--run RUN --decoders SYSTEM` it times one system's step-wise and end-to-end evaluation on
-`--tasks` tasks of each test split, decoded by the greedy loop of eval/prefix_cache.py and by
-transformers' generate from a static cache (docs/agent.md, "Cost on this machine"):
+`--tasks` tasks of each test split the current way (eval/prefix_cache.py: prompts read by the
+decoder body, the greedy loop) and the previous way (prompts read through the whole model, output
+head included; transformers' generate from a static cache) (docs/agent.md, "Cost on this machine"):
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_agent_generate.py data/generated/toolworld \
         --run runs/agent --decoders backbone --tasks 20
@@ -108,10 +109,10 @@ def compare_decoders(args) -> None:
     tests = []
     for split in ("test_id", "test_ood"):
         tests += load_trajectories(args.world / f"{split}.json", "keep")[0][: args.tasks]
-    own_loop = prefix_cache.plain_greedy
-    for name in ("greedy loop", "generate, static cache"):
-        # The static-cache path is what generate_batch takes for any config that is not plain greedy.
-        prefix_cache.plain_greedy = own_loop if name == "greedy loop" else (lambda config: False)
+    current = prefix_cache.plain_greedy, prefix_cache._decoder
+    previous = (lambda config: False), (lambda model: model)  # generate_batch's static-cache path, whole model
+    for name, (greedy, decoder) in (("current", current), ("previous", previous)):
+        prefix_cache.plain_greedy, prefix_cache._decoder = greedy, decoder
         models = RoleModels(args.run, args.decoders, max_new_tokens=96, precision=args.precision)
         start = time.perf_counter()
         static_replies(models, tests, models.single_model, models.tokenizer, 2048)
@@ -121,7 +122,7 @@ def compare_decoders(args) -> None:
         end = time.perf_counter()
         print(f"{args.decoders}, {name}: {len(tests)} tasks, step-wise {middle - start:.1f} s, end to end "
               f"{end - middle:.1f} s, in all {end - start:.1f} s ({sum(r.steps for r in results)} episode steps)")
-    prefix_cache.plain_greedy = own_loop
+    prefix_cache.plain_greedy, prefix_cache._decoder = current
 
 
 if __name__ == "__main__":
