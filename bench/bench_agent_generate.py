@@ -11,12 +11,16 @@ scratch) against the fast one (adapters folded, prefix cache, the greedy loop), 
 how many replies agree (all of them in fp32: `--precision fp32`).
 
 With `--run RUN --decoders SYSTEM` it times one system's step-wise and end-to-end evaluation on
-`--tasks` tasks of each test split the current way (eval/prefix_cache.py: prompts read by the
-decoder body, the greedy loop) and the previous way (prompts read through the whole model, output
-head included; transformers' generate from a static cache) (docs/agent.md, "Cost on this machine"):
+`--tasks` tasks of each test split in each of `--ways` (packed: the current way, bf16 weights packed
+for oneDNN, models/packed_linear.py; unpacked: the same without packing; previous: prompts read
+through the whole model, output head included, and transformers' generate from a static cache), with
+`--chunks` episodes in lockstep (docs/agent.md, "Cost on this machine"):
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_agent_generate.py data/generated/toolworld \
-        --run runs/agent --decoders backbone --tasks 20
+        --run runs/agent --decoders backbone --tasks 32 --ways packed,unpacked --chunks 64 32 --end-to-end-only
+
+With `--run RUN --decode-steps` it times single greedy decode steps at 1, 16 and 64 rows over 1,000
+cached positions, plain and packed, and checks both give the same tokens.
 """
 
 from __future__ import annotations
@@ -46,8 +50,16 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="a trained agent run: time its systems' step-wise replies")
     ap.add_argument("--tasks", type=int, default=16)
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--decoders", metavar="SYSTEM", help="with --run: compare the two greedy decoders on SYSTEM")
+    ap.add_argument("--decoders", metavar="SYSTEM", help="with --run: compare ways of generating on SYSTEM")
+    ap.add_argument("--ways", default="packed,previous", help=f"with --decoders, of: {', '.join(WAYS)}")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[64], help="with --decoders: episodes in lockstep")
+    ap.add_argument("--end-to-end-only", action="store_true")
+    ap.add_argument("--decode-steps", action="store_true", help="with --run: time single decode steps")
+    ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
+    if args.run and args.decode_steps:
+        time_decode_steps(args)
+        return
     if args.run and args.decoders:
         compare_decoders(args)
         return
@@ -101,6 +113,10 @@ def time_systems(args) -> None:
               f"{len(replies['fast'])} steps with the same replies ({args.precision})")
 
 
+# How each way generates: (weights packed, greedy loop, prompts read without the head).
+WAYS = {"packed": (True, True, True), "unpacked": (False, True, True), "previous": (False, False, False)}
+
+
 def compare_decoders(args) -> None:
     import tuneforge.eval.prefix_cache as prefix_cache
     from tuneforge.agent.evaluate import end_to_end, is_world_task
@@ -110,19 +126,60 @@ def compare_decoders(args) -> None:
     for split in ("test_id", "test_ood"):
         tests += load_trajectories(args.world / f"{split}.json", "keep")[0][: args.tasks]
     current = prefix_cache.plain_greedy, prefix_cache._decoder
-    previous = (lambda config: False), (lambda model: model)  # generate_batch's static-cache path, whole model
-    for name, (greedy, decoder) in (("current", current), ("previous", previous)):
-        prefix_cache.plain_greedy, prefix_cache._decoder = greedy, decoder
-        models = RoleModels(args.run, args.decoders, max_new_tokens=96, precision=args.precision)
-        start = time.perf_counter()
-        static_replies(models, tests, models.single_model, models.tokenizer, 2048)
-        middle = time.perf_counter()
-        _, results = end_to_end(models, [t for t in tests if is_world_task(t)], models.single_model,
-                                tokenizer=models.tokenizer, max_length=2048, max_steps=6)
-        end = time.perf_counter()
-        print(f"{args.decoders}, {name}: {len(tests)} tasks, step-wise {middle - start:.1f} s, end to end "
-              f"{end - middle:.1f} s, in all {end - start:.1f} s ({sum(r.steps for r in results)} episode steps)")
+    for way in args.ways.split(","):
+        pack, greedy, decoder = WAYS[way]
+        # the previous way: transformers' generate from a static cache, prompts read by the whole model
+        prefix_cache.plain_greedy = current[0] if greedy else (lambda config: False)
+        prefix_cache._decoder = current[1] if decoder else (lambda model: model)
+        for chunk in args.chunks:
+            models = RoleModels(args.run, args.decoders, max_new_tokens=96, precision=args.precision,
+                                pack_weights=pack)
+            start = time.perf_counter()
+            if not args.end_to_end_only:
+                static_replies(models, tests, models.single_model, models.tokenizer, 2048)
+            middle = time.perf_counter()
+            _, results = end_to_end(models, [t for t in tests if is_world_task(t)], models.single_model,
+                                    tokenizer=models.tokenizer, max_length=2048, max_steps=6, chunk=chunk)
+            end = time.perf_counter()
+            print(f"{args.decoders}, {way}, chunks of {chunk}: {len(tests)} tasks, step-wise {middle - start:.1f} s, "
+                  f"end to end {end - middle:.1f} s, in all {end - start:.1f} s "
+                  f"({sum(r.steps for r in results)} episode steps)", flush=True)
     prefix_cache.plain_greedy, prefix_cache._decoder = current
+
+
+def time_decode_steps(args) -> None:
+    """Milliseconds per greedy decode step at 1, 16 and 64 rows over 1,000 cached positions (random
+    prompts and keys/values, the run's backbone weights), plain and packed, and whether the tokens agree."""
+    from tuneforge.agent.models import RoleModels
+    from tuneforge.eval.prefix_cache import greedy_decode
+    from tuneforge.models.packed_linear import pack_linears
+
+    model, _ = RoleModels(args.run, "backbone", precision=args.precision, pack_weights=False)._models["backbone"]
+    cfg = model.config
+    heads, dim = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator().manual_seed(0)
+    cases = {}
+    for rows in (1, 16, 64):
+        prompts = [torch.randint(100, cfg.vocab_size - 100, (1001,), generator=gen).tolist() for _ in range(rows)]
+        kvs = [[tuple(torch.randn(1, heads, 1000, dim, generator=gen).to(dtype) for _ in "kv")
+                for _ in range(cfg.num_hidden_layers)] for _ in prompts]
+        cases[rows] = prompts, kvs
+    results = {}
+    for way in ("plain", "packed"):
+        if way == "packed":
+            pack_linears(model)
+        for rows, (prompts, kvs) in cases.items():
+            with torch.inference_mode():
+                greedy_decode(model, prompts, kvs, 3, [], 0)  # warm up
+                start = time.perf_counter()
+                tokens = greedy_decode(model, prompts, kvs, args.steps, [], 0)
+                ms = (time.perf_counter() - start) / args.steps * 1000
+            results[way, rows] = ms, tokens
+    for rows in cases:
+        same = torch.equal(results["plain", rows][1], results["packed", rows][1])
+        print(f"{rows:>3} rows: plain {results['plain', rows][0]:.1f} ms/step, packed "
+              f"{results['packed', rows][0]:.1f} ms/step; same tokens: {same}")
 
 
 if __name__ == "__main__":

@@ -138,15 +138,16 @@ def is_world_task(t: Trajectory) -> bool:
 
 
 def end_to_end(generate: Generate, trajectories: list[Trajectory], single_model: bool, *, tokenizer=None,
-               max_length: int = 2048, max_steps: int = 8, max_observation_chars: int = 1500
-               ) -> tuple[list[Episode], list[EpisodeResult]]:
-    """Whole episodes on the tool world, all tasks in lockstep; results carry the task's index."""
+               max_length: int = 2048, max_steps: int = 8, max_observation_chars: int = 1500,
+               chunk: int = 64) -> tuple[list[Episode], list[EpisodeResult]]:
+    """Whole episodes on the tool world, `chunk` tasks in lockstep at a time (AgentRuntime.run); results
+    carry the task's index."""
     from tuneforge.agent.env import answers_match, world_registry
     from tuneforge.agent.roles import TaskHeader
 
     runtime = AgentRuntime(generate, world_registry(), single_model=single_model, max_steps=max_steps,
                            tokenizer=tokenizer, max_length=max_length, max_observation_chars=max_observation_chars)
-    episodes = runtime.run([TaskHeader(t.instruction, t.tools) for t in trajectories])
+    episodes = runtime.run([TaskHeader(t.instruction, t.tools) for t in trajectories], chunk=chunk)
     results = []
     for k, (t, ep) in enumerate(zip(trajectories, episodes)):
         gold = t.meta.get("gold_answer")
