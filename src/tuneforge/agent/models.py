@@ -78,7 +78,7 @@ class RoleModels:
         was killed on a 24 GB machine), the keys and values of prompts already read are kept up to this
         size and reused by later prompts that share their start (eval/prefix_cache.py); 0 turns it off.
         `pack_weights`: bf16 linear weights packed once for oneDNN where the CPU runs bf16 natively
-        (models/packed_linear.py: 12-17% less per decode step, same outputs); not for switched adapters."""
+        (models/packed_linear.py: 4-25% less per decode step, same outputs); not for switched adapters."""
         layout = read_agent_layout(run)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size

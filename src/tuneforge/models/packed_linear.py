@@ -3,8 +3,8 @@
 A decode step multiplies a few rows by every weight of the model. Packing each weight once into
 oneDNN's preferred blocked layout (what torch.compile's CPU backend does when it freezes weights)
 makes those products faster than `F.linear` on the plain weight. Measured on SmolLM2-135M in bf16 on a
-2-core AMX Xeon, 1,000 cached positions: a decode step took 58 -> 48 ms at 1 row, 112 -> 93 ms at 16
-and 268 -> 235 ms at 64 (bench/bench_agent_generate.py --decode-steps). Reading long prompts gains
+2-core AMX Xeon, 1,000 cached positions: a decode step took 55.6 -> 41.7 ms at 1 row, 96.6 -> 86.9 ms
+at 16 and 238.0 -> 228.7 ms at 64 (bench/bench_agent_generate.py --decode-steps; docs/agent.md). Reading long prompts gains
 nothing (within 5%), so only generation is worth it.
 
 Only for models that generate and never train again: the packed weight is not a parameter, has no
