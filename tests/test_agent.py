@@ -47,6 +47,21 @@ def test_runtime_runs_planner_caller_summarizer_with_real_tools():
     assert caller_prompt[-1].text == render_plan("Add first.", "call")
 
 
+def test_the_summarizer_answers_every_concluded_episode_in_one_call_after_all_have_ended():
+    fake = Scripted(planner=["All known.\nNext: conclusion", "Add first.\nNext: caller",
+                             "Now known.\nNext: conclusion"],
+                    caller=['Action: add\nAction Input: {"a": 2, "b": 3}'],
+                    summarizer=["Answer one.", "Answer two."])
+    first, second = AgentRuntime(fake, world_registry()).run([_task(), _task()])
+    assert [role for role, _ in fake.prompts] == ["planner", "caller", "planner", "summarizer"]
+    asked = fake.prompts[-1][1]
+    assert [p[-1].text for p in asked] == [render_plan("All known.", "finish"), render_plan("Now known.", "finish")]
+    assert (first.final_answer, first.steps) == ("Answer one.", 1)
+    assert (second.final_answer, second.steps) == ("Answer two.", 2)
+    assert second.history[0].observation == "5" and not first.cut_off and not second.cut_off
+    assert [t["role"] for t in second.trace] == ["planner", "caller", "planner", "summarizer"]
+
+
 def test_hallucinated_tool_and_malformed_json_become_observations_not_crashes():
     fake = Scripted(planner=["Go.\nNext: caller", "Again.\nNext: caller", "Once more.\nNext: caller",
                              "Stop.\nNext: give up"],
@@ -301,7 +316,7 @@ def test_episodes_in_chunks_end_as_in_one_lockstep():
             self.batches = []
 
         def __call__(self, role, prompts):
-            self.batches.append(len(prompts))
+            self.batches.append((role, len(prompts)))
             out = []
             for p in prompts:
                 done = sum(s.role == "assistant" for s in p) // 2
@@ -318,4 +333,7 @@ def test_episodes_in_chunks_end_as_in_one_lockstep():
     a = AgentRuntime(whole, world_registry()).run(tasks, chunk=5)
     b = AgentRuntime(chunked, world_registry()).run(tasks, chunk=2)
     assert [(e.final_answer, e.steps) for e in a] == [(e.final_answer, e.steps) for e in b]
-    assert max(whole.batches) == 5 and max(chunked.batches) == 2  # a chunk is asked together
+    # a chunk's planner and caller are asked together; the summarizer once, for every episode
+    assert max(n for r, n in whole.batches if r != "summarizer") == 5
+    assert max(n for r, n in chunked.batches if r != "summarizer") == 2
+    assert [b for b in chunked.batches if b[0] == "summarizer"] == [("summarizer", 5)]

@@ -1,10 +1,10 @@
 """The agent runtime: planner -> (caller -> tool -> observation)* -> summarizer, or stop on give up.
 
 Episodes run in lockstep: at each turn every live episode that needs the planner gets it in one
-batched generation, then the caller likewise, then the summarizer, so a CPU evaluates many tasks
-about as fast as one. Nothing an agent writes can crash the loop: an unparseable reply, a tool
-that does not exist, malformed JSON or bad arguments become an observation the agent sees next
-turn, and are counted. Single-model mode runs the same loop with the backbone writing thought,
+batched generation, then the caller likewise, so a CPU evaluates many tasks about as fast as one;
+the summarizer answers every concluded episode once all have ended, in one batch. Nothing an agent
+writes can crash the loop: an unparseable reply, a tool that does not exist, malformed JSON or bad
+arguments become an observation the agent sees next turn, and are counted. Single-model mode runs the same loop with the backbone writing thought,
 decision and action (or answer) in one reply.
 """
 
@@ -111,16 +111,20 @@ class AgentRuntime:
         all of them (batched), and a chunk's prompts stay few enough for the generator's prefix cache
         to keep each episode's last prompt until its next turn extends it."""
         episodes = [Episode(task) for task in tasks]
+        finishers: list[tuple[Episode, str]] = []
         for start in range(0, len(episodes), chunk):
             group = episodes[start:start + chunk]
             while live := [ep for ep in group if not ep.done]:
                 if self.single_model:
                     self._turn_single(live)
                 else:
-                    self._turn_roles(live)
+                    finishers += self._turn_roles(live)
+        self._summarize(finishers)
         return episodes
 
-    def _turn_roles(self, live: list[Episode]) -> None:
+    def _turn_roles(self, live: list[Episode]) -> list[tuple[Episode, str]]:
+        """One turn of the planner and the caller; returns the episodes the planner ended with a
+        conclusion (done from here on), with the plan's thought, for the summarizer."""
         plans = [read_plan(r, self.parsing) + (r,) for r in self._ask("planner", live)]
         callers, finishers = [], []
         for ep, (thought, decision, reply) in zip(live, plans):
@@ -128,6 +132,7 @@ class AgentRuntime:
             if decision == "call":
                 callers.append((ep, thought))
             elif decision == "finish":
+                ep.done = True
                 finishers.append((ep, thought))
             elif decision == "give_up":
                 ep.gave_up = ep.done = True
@@ -142,11 +147,18 @@ class AgentRuntime:
             observation = self._execute(ep, call)
             _record(ep, "caller", reply, call=_call_dict(call), observation=observation)
             self._step(ep, thought, "call", call or Call(name="", arguments=None, raw_arguments=reply), observation)
+        return finishers
+
+    def _summarize(self, finishers: list[tuple[Episode, str]]) -> None:
+        """The summarizer's answers for every concluded episode at once: an answer ends its episode and
+        changes no other, so asking once at the end gives each the same prompt as asking in its turn,
+        in one large batch instead of a few rows per turn (decoding a few rows costs nearly as much
+        as decoding many)."""
         replies = self._ask("summarizer", [ep for ep, _ in finishers], [t for _, t in finishers])
         for (ep, thought), reply in zip(finishers, replies):
             _record(ep, "summarizer", reply)
-            ep.final_answer, ep.done = reply.strip(), True
-            self._step(ep, thought, "finish", answer=reply.strip())
+            ep.final_answer = reply.strip()
+            self._step(ep, thought, "finish", answer=ep.final_answer)
 
     def _turn_single(self, live: list[Episode]) -> None:
         for ep, reply in zip(live, self._ask("backbone", live)):

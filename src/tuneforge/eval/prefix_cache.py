@@ -7,12 +7,13 @@ about half of a generation's time, so most of that work is redone for nothing.
 A :class:`PrefixCache` keeps the keys and values of prompts read earlier (per model: the caller
 keeps one per model or adapter, since another model's cache means nothing). For a new prompt it
 takes the stored prompt with the longest common prefix, keeps that many positions (in a causal
-model they depend on those tokens only) and reads just the rest, one prompt at a time (prefill
-needs no batching to run fast, and unbatched it wastes nothing on padding; it runs the decoder
-body only, as no logits of a prompt's positions are needed). The prompts of a batch are then decoded
-together. Greedy decoding, what evaluation uses, runs its own loop (`greedy_decode`): keys and values
-go into one buffer per layer allocated once, attention reads only the positions filled so far, and
-rows that have ended are dropped from the batch as they accumulate. On a 2-core AMX CPU decoding is
+model they depend on those tokens only) and reads just the rest, one prompt at a time (through the
+decoder body only, as no logits of a prompt's positions are needed; read together, right-padded with a
+4D mask, prompts took longer, measured in docs/agent.md). The prompts of a batch are then decoded
+together. Greedy decoding, what evaluation uses, runs its own loop
+(`greedy_decode`): keys and values go into one buffer per layer allocated once, attention reads only
+the positions filled so far, and a row that ends leaves the batch at once (a live row from the end
+moves into its place, so only moved rows are copied). On a 2-core AMX CPU decoding is
 bound by reading keys and values; a static cache read its unfilled positions at every token, and a
 batch kept computing its finished rows until its longest reply ended (agent replies average ~24
 tokens against a batch's longest ~60). Other decoding (sampling, stop strings, processors that
@@ -62,11 +63,9 @@ class PrefixCache:
         """The entry sharing the longest prefix with `tokens`, and that length."""
         best, best_n = None, 0
         for e in self._entries:
-            m = min(len(e.tokens), len(tokens))
-            if m <= best_n:
+            if min(len(e.tokens), len(tokens)) <= best_n:
                 continue
-            same = e.tokens[:m] == tokens[:m]
-            n = m if same.all() else int(np.argmin(same))
+            n = _common(e.tokens, tokens)
             if n > best_n:
                 best, best_n = e, n
         return best_n, best
@@ -140,6 +139,13 @@ def read_prompt(model, ids: list[int], cache: PrefixCache) -> KV:
     return kv
 
 
+def _common(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading tokens `a` and `b` share."""
+    m = min(len(a), len(b))
+    same = a[:m] == b[:m]
+    return m if same.all() else int(np.argmin(same))
+
+
 def generate_batch(model, rows: list[list[int]], cache: PrefixCache, gen_config, pad_id: int, **extra
                    ) -> torch.Tensor:
     """Generate for token-id prompts (each ≥ 2 tokens) as one batch; returns the new tokens only."""
@@ -202,34 +208,43 @@ def _growing_layer_class():
 
     class GrowingLayer(DynamicLayer):
         """One layer's keys and values in a buffer allocated once, [rows, heads, positions, head_dim]:
-        a new position is written in place, and attention gets a view of the positions filled so far
-        (a dynamic layer copies all earlier positions at every token; a static one hands attention
-        every position, filled or not)."""
+        a new position is written in place, and attention gets a view of the live rows and of the
+        positions from `start` to those filled so far (a dynamic layer copies all earlier positions at
+        every token; a static one hands attention every position, filled or not)."""
 
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int):
             super().__init__()
             self.dtype, self.device = keys.dtype, keys.device
             self.is_initialized = True
-            self._set(keys, values, filled)
+            self.key_buffer, self.value_buffer = keys, values
+            self.rows, self.start, self.filled = keys.shape[0], 0, filled
+            self._view()
 
-        def _set(self, keys, values, filled):
-            self.key_buffer, self.value_buffer, self.filled = keys, values, filled
-            self.keys, self.values = keys[:, :, :filled], values[:, :, :filled]
+        def _view(self):
+            self.keys = self.key_buffer[:self.rows, :, self.start:self.filled]
+            self.values = self.value_buffer[:self.rows, :, self.start:self.filled]
 
         def update(self, key_states, value_states, *args, **kwargs):
             end = self.filled + key_states.shape[-2]
-            self.key_buffer[:, :, self.filled:end] = key_states
-            self.value_buffer[:, :, self.filled:end] = value_states
-            self._set(self.key_buffer, self.value_buffer, end)
+            self.key_buffer[:self.rows, :, self.filled:end] = key_states
+            self.value_buffer[:self.rows, :, self.filled:end] = value_states
+            self.filled = end
+            self._view()
             return self.keys, self.values
 
         def get_seq_length(self) -> int:
-            return self.filled
+            return self.filled - self.start
 
-        def keep(self, rows: torch.Tensor, start: int) -> None:
-            """Only these rows, from position `start` on (positions every kept row has as padding)."""
-            self._set(self.key_buffer[rows, :, start:].contiguous(), self.value_buffer[rows, :, start:].contiguous(),
-                      self.filled - start)
+        def compact(self, holes: torch.Tensor, donors: torch.Tensor, rows: int, start: int) -> None:
+            """Rows `donors` (live, at or past `rows`) move into `holes` (ended rows before `rows`); then
+            only the first `rows` rows, from `start` on, are attended to. Only the moved rows are copied
+            (copying every live row at each drop cost as much as several decode steps at 64 rows)."""
+            if len(holes):
+                span = slice(self.start, self.filled)
+                self.key_buffer[holes, :, span] = self.key_buffer[donors, :, span]
+                self.value_buffer[holes, :, span] = self.value_buffer[donors, :, span]
+            self.rows, self.start = rows, self.start + start
+            self._view()
 
     return GrowingLayer
 
@@ -276,15 +291,20 @@ def greedy_decode(model, rows: list[list[int]], kvs: list[KV], max_new_tokens: i
         out[row_of, step] = token
         steps = step + 1
         ended |= torch.isin(token, eos)
-        if bool(ended.all()):
+        live = ~ended
+        count = int(live.sum())
+        if count == 0:
             break
         position = position + 1
-        if int(ended.sum()) * 4 >= len(ended):  # a quarter of the batch is done: drop those rows
-            keep = (~ended).nonzero().squeeze(1)
+        if count < len(ended):  # drop the ended rows: live rows from the end take their places
+            holes = ended[:count].nonzero().squeeze(1)
+            donors = live[count:].nonzero().squeeze(1) + count
+            order = torch.arange(count, device=device)
+            order[holes] = donors
             # positions that are padding for every remaining row go too
-            start = int((mask[keep, :filled + 1] == 0).sum(1).min()) if len(keep) else 0
+            start = int((mask[order, :filled + 1] == 0).sum(1).min())
             for layer in cache.layers:
-                layer.keep(keep, start)
-            mask, position, token = mask[keep, start:], position[keep], token[keep]
-            row_of, ended = row_of[keep], ended[keep]
+                layer.compact(holes, donors, count, start)
+            mask, position, token = mask[order, start:], position[order], token[order]
+            row_of, ended = row_of[order], ended[order]
     return out[:, :steps]
