@@ -42,9 +42,9 @@ calibration-demo: setup
 
 # Three-role agent vs two single-model baselines on the offline tool world, with the α-UMi reference's
 # budgets (in epochs) on 64 tasks (58 to train, 6 to validate); evaluated on 80 + 80 test tasks; the table and charts go
-# into docs/agent.md. Measured 2026-12-03 on 2 CPU cores with AMX, from a fresh clone: 76 and 82 min in two runs
-# (training 24-26, evaluation of the three systems 48-57: the machine's speed varied; docs/agent.md, "Cost on
-# this machine", says where the time goes);
+# into docs/agent.md. Measured 2026-12-03/04 on 2 CPU cores with AMX, from a fresh clone: 60 min on a fast day,
+# 76-89 on slower ones (training 22-31, evaluation of the three systems 38-57: the machine's speed varies from
+# day to day; docs/agent.md, "Cost on this machine", says where the time goes);
 # minutes on a GPU.
 agent-demo: setup
 	$(BIN)/tuneforge models default
