@@ -9,7 +9,8 @@ Each mode runs in a fresh process (so peak RSS is its own) on the same JSONL fil
   hit        the same config again: the cache entry, memory-mapped
   stream     one pass of `data.streaming` (read, encode and plan a window at a time)
   floor      the tokenizer alone on the already rendered texts, over the same processes: the bound
-             on any path that tokenizes with this tokenizer on this machine
+             on any path that tokenizes with this tokenizer on this machine (through its tiktoken twin
+             where it has one, as the data path does; `--no-twin`: the Rust tokenizer)
 
   llamafactory  LLaMA-Factory's preprocessing of the same file (its `tokenized_path`: tokenize, save,
              exit), run from its own venv (`--llamafactory-venv`; `pip install torch==2.13.0
@@ -70,8 +71,14 @@ def _anon_peak_sampler() -> list[int]:
     return peak
 
 
-def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str, num_proc: int | None) -> dict:
+def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str, num_proc: int | None,
+          use_twin: bool = True) -> dict:
     anon = _anon_peak_sampler()
+    if not use_twin:  # tokenize with the Rust tokenizer, as before data/fast_bpe.py (forked workers inherit this)
+        import tuneforge.data.fast_bpe as fast_bpe
+        import tuneforge.data.render as render
+
+        fast_bpe.twin = render.twin = lambda tokenizer: None
     from transformers import AutoTokenizer
 
     from tuneforge.config import DataConfig
@@ -138,9 +145,17 @@ def child(mode: str, data: str, tokenizer: str, max_length: int, cache_dir: str,
 
 
 def _tokenize_all(args) -> int:
+    """Tokenize as the data path does: through the tiktoken twin where there is one (ids and offsets),
+    else the Rust tokenizer."""
+    from tuneforge.data.fast_bpe import twin
+
     tok, texts = args
+    fast = twin(tok)
     for i in range(0, len(texts), 256):
-        tok.backend_tokenizer.encode_batch(texts[i:i + 256], add_special_tokens=False)
+        if fast is not None:
+            fast.encode_batch(texts[i:i + 256], tok.backend_tokenizer)
+        else:
+            tok.backend_tokenizer.encode_batch(texts[i:i + 256], add_special_tokens=False)
     return len(texts)
 
 
@@ -201,6 +216,8 @@ def main() -> None:
     ap.add_argument("--src", default=None, help="run the modes against another checkout's src/ (reference only)")
     ap.add_argument("--work", default=None, help="folder for the data file and cache (default: a temp folder)")
     ap.add_argument("--llamafactory-venv", default=None, help="a venv with llamafactory==0.9.5 (mode llamafactory)")
+    ap.add_argument("--no-twin", action="store_true",
+                    help="tokenize with the Rust tokenizer, not its tiktoken twin (data/fast_bpe.py)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -228,7 +245,8 @@ def main() -> None:
             print(json.dumps(llamafactory(Path(args.llamafactory_venv), data, args.tokenizer, args.max_length,
                                           args.num_proc or os.cpu_count() or 1, work)))
             continue
-        payload = json.dumps([mode, str(data), args.tokenizer, args.max_length, str(cache), args.num_proc])
+        payload = json.dumps([mode, str(data), args.tokenizer, args.max_length, str(cache), args.num_proc]
+                             + ([False] if args.no_twin else []))
         out = subprocess.run([sys.executable, __file__, "--child", payload], env=env, capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-3000:])
