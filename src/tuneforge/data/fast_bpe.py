@@ -58,6 +58,7 @@ class FastBPE:
         self._encode = core.encode if core is not None else (
             lambda text, specials: encoding.encode(text, allowed_special=specials))
         self.byte_length, self.lead, self.trail, self.trim = byte_length, lead, trail, trim
+        self.vocabulary_texts: list[str] = []  # every entry's own text, for the check at load
 
     def offsets(self, ids: list[int]) -> np.ndarray:
         """[n, 2] character offsets of `ids`, tokens of an ASCII text."""
@@ -101,7 +102,7 @@ class FastBPE:
         return out
 
 
-def _build(backend) -> tuple[FastBPE, bool] | None:
+def _build(backend) -> FastBPE | None:
     """The twin of `backend` (a tokenizers.Tokenizer), untested; None if it is not GPT-2's kind."""
     try:
         import tiktoken
@@ -149,7 +150,7 @@ def _build(backend) -> tuple[FastBPE, bool] | None:
         return None
     fast = FastBPE(encoding, byte_length, lead, trail, trim=False)
     fast.vocabulary_texts = [t for t in (raw.decode("utf-8", "ignore") for raw in ranks) if t]
-    return fast, True
+    return fast
 
 
 def _agrees(twin: FastBPE, backend, texts: list[str]) -> bool:
@@ -174,10 +175,8 @@ def twin(tokenizer) -> FastBPE | None:
         return None
     key = id(backend)
     if key not in _TWINS:
-        built = _build(backend)
-        found = None
-        if built is not None:
-            fast, _ = built
+        fast, found = _build(backend), None
+        if fast is not None:
             specials = [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
             # the probes, and every vocabulary entry as a text of its own: where tiktoken could take
             # a pair the tokenizer has no merge for, some entry's own text shows it (~0.4 s for 49k)
