@@ -115,3 +115,12 @@ def test_without_tiktoken_the_tokenizer_is_used(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tiktoken)
     assert fast_bpe.twin(train_tiny_tokenizer()) is None
+
+
+def test_a_token_added_after_the_twin_was_made_is_known_to_it():
+    fresh = train_tiny_tokenizer()
+    assert fast_bpe.twin(fresh) is not None
+    fresh.add_special_tokens({"additional_special_tokens": ["<|tool_call|>"]})
+    texts = ["before<|tool_call|>after", "a <|tool_call|> b"]
+    assert _twin_says(fresh, texts) == _reference(fresh, texts)
+    assert fresh.convert_tokens_to_ids("<|tool_call|>") in _twin_says(fresh, texts)[0][0]

@@ -164,8 +164,9 @@ def _agrees(twin: FastBPE, backend, texts: list[str]) -> bool:
     return True
 
 
-# Per Rust tokenizer, which is kept here too, so that its id is never another's.
-_TWINS: dict[int, tuple[object, FastBPE | None]] = {}
+# Per Rust tokenizer (kept here too, so that its id is never another's) and its size: a token added
+# later makes a new twin, which knows it.
+_TWINS: dict[tuple[int, int], tuple[object, FastBPE | None]] = {}
 
 
 def twin(tokenizer) -> FastBPE | None:
@@ -173,7 +174,7 @@ def twin(tokenizer) -> FastBPE | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    key = id(backend)
+    key = (id(backend), backend.get_vocab_size(with_added_tokens=True))
     if key not in _TWINS:
         fast, found = _build(backend), None
         if fast is not None:
