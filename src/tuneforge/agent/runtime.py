@@ -4,8 +4,8 @@ Episodes run in lockstep: at each turn every live episode that needs the planner
 batched generation, then the caller likewise, so a CPU evaluates many tasks about as fast as one;
 the summarizer answers every concluded episode once all have ended, in one batch. Nothing an agent
 writes can crash the loop: an unparseable reply, a tool that does not exist, malformed JSON or bad
-arguments become an observation the agent sees next turn, and are counted. Single-model mode runs the same loop with the backbone writing thought,
-decision and action (or answer) in one reply.
+arguments become an observation the agent sees next turn, and are counted. Single-model mode runs
+the same loop with the backbone writing thought, decision and action (or answer) in one reply.
 """
 
 from __future__ import annotations

@@ -37,17 +37,6 @@ PROBES = [
 ]
 
 
-def _byte_decoder() -> dict[str, int]:
-    """The byte-level alphabet: which byte each of the 256 printable characters stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = dict(zip(printable, printable)), 0
-    for b in range(256):
-        if b not in chars:
-            chars[b] = 256 + extra
-            extra += 1
-    return {chr(c): b for b, c in chars.items()}
-
-
 class FastBPE:
     """tiktoken under the tokenizer's ids; `encode_batch` gives (ids, offsets) as the tokenizer would."""
 
@@ -118,7 +107,10 @@ def _build(backend) -> FastBPE | None:
     if any(a.get("lstrip") or a.get("rstrip") or a.get("single_word") or a.get("normalized") for a in added):
         return None
     special = {a["content"]: a["id"] for a in added}
-    vocab, decode = model["vocab"], _byte_decoder()
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # the byte-level alphabet: which byte each of its 256 printable characters stands for
+    vocab, decode = model["vocab"], {char: byte for byte, char in bytes_to_unicode().items()}
     # A merge's priority must be its result's id: results in increasing id order, each made once.
     merges = [m.split(" ", 1) if isinstance(m, str) else m for m in model.get("merges", [])]
     results = [vocab.get(a + b, -1) for a, b in merges]

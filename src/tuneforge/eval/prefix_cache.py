@@ -63,9 +63,11 @@ class PrefixCache:
         """The entry sharing the longest prefix with `tokens`, and that length."""
         best, best_n = None, 0
         for e in self._entries:
-            if min(len(e.tokens), len(tokens)) <= best_n:
+            m = min(len(e.tokens), len(tokens))
+            if m <= best_n:
                 continue
-            n = _common(e.tokens, tokens)
+            same = e.tokens[:m] == tokens[:m]
+            n = m if same.all() else int(np.argmin(same))
             if n > best_n:
                 best, best_n = e, n
         return best_n, best
@@ -137,13 +139,6 @@ def read_prompt(model, ids: list[int], cache: PrefixCache) -> KV:
         cache.read_tokens += len(tokens) - n
         cache.add(tokens, kv, replaces=entry)
     return kv
-
-
-def _common(a: np.ndarray, b: np.ndarray) -> int:
-    """How many leading tokens `a` and `b` share."""
-    m = min(len(a), len(b))
-    same = a[:m] == b[:m]
-    return m if same.all() else int(np.argmin(same))
 
 
 def generate_batch(model, rows: list[list[int]], cache: PrefixCache, gen_config, pad_id: int, **extra
